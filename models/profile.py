@@ -1,0 +1,299 @@
+"""A user's live profile, updated one event at a time (river style: ``learn_one`` on dicts).
+
+:class:`UserRecord` holds two documents: the public ``profile`` (what shops read from Redis)
+and the internal ``state`` (recent items with their interaction weights, bought items, recently
+seen event ids, known orders). Applying an event mutates the record and appends what the event
+does to shared, per-item state to an :class:`ItemDeltas`; the stream layer then writes record and
+deltas to Redis in one atomic step.
+
+Everything is in event time: decayed values are stored "as of" a timestamp and only ever
+decayed forward, so replaying history gives the same record as living through it.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from models.decay import decayed_add, decayed_value_at
+from models.similarity import cooccurrence_increments, norm_increment
+
+CLICK_TYPES = ("view", "click", "add_to_cart", "remove_from_cart")
+ORDER_STATUSES = ("placed", "cancelled", "returned")
+PURCHASE = "purchase"
+_MONEY_DIGITS = 6
+_KNOWN_ORDERS_CAP = 100
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileParams:
+    """How profiles evolve; built from settings by the stream layer."""
+
+    half_life: float  # seconds
+    recent_cap: int
+    purchased_cap: int
+    dedupe_cap: int
+    affinity_cap: int
+    interaction_cap: float
+    cooc_window: int
+    event_weights: dict[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class Interaction:
+    """A clickstream event, validated."""
+
+    event_id: str
+    user_id: str
+    item_id: str
+    kind: str
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class OrderLine:
+    item_id: str
+    quantity: float
+    price: float
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    """An order event, validated."""
+
+    event_id: str
+    order_id: str
+    user_id: str
+    ts: float
+    status: str
+    lines: tuple[OrderLine, ...]
+
+    @property
+    def amount(self) -> float:
+        return sum(line.quantity * line.price for line in self.lines)
+
+
+@dataclass(slots=True)
+class ItemDeltas:
+    """What a batch of user events does to shared per-item state, summed per key."""
+
+    cooccurrence: dict[tuple[str, str], float] = field(default_factory=lambda: defaultdict(float))
+    norms: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    # (item, weight, ts) observations for decayed popularity, overall and per category.
+    popularity: list[tuple[str, float, float]] = field(default_factory=list)
+    category_popularity: list[tuple[str, str, float, float]] = field(default_factory=list)
+
+    def touched_items(self) -> set[str]:
+        return {i for i, _ in self.cooccurrence} | set(self.norms)
+
+
+def new_profile(user_id: str) -> dict[str, Any]:
+    return {
+        "user_id": user_id,
+        "first_seen": None,
+        "last_seen": None,
+        "events": {},
+        "decayed_events": {},
+        "orders": 0,
+        "revenue": 0.0,
+        "items_purchased": 0.0,
+        "cancellations": 0,
+        "returns": 0,
+        "recent_items": [],
+        "category_affinity": {},
+        "churn_risk": None,
+        "segment": None,
+        "clv": None,
+    }
+
+
+def new_state() -> dict[str, Any]:
+    # recent: [[item_id, weight, ts], ...] most recent first; purchased: most recent first.
+    return {"recent": [], "purchased": [], "seen": [], "orders": {}}
+
+
+@dataclass(slots=True)
+class UserRecord:
+    """Profile plus internal state of one user, and the version it was read at."""
+
+    user_id: str
+    profile: dict[str, Any]
+    state: dict[str, Any]
+    version: int = 0
+
+    @classmethod
+    def new(cls, user_id: str) -> UserRecord:
+        return cls(user_id, new_profile(user_id), new_state(), 0)
+
+    # -- dedupe -------------------------------------------------------------------------------
+    def _first_time(self, event_id: str, params: ProfileParams) -> bool:
+        """Remember ``event_id``; False if it was already applied."""
+        seen: list[str] = self.state["seen"]
+        if event_id in seen:
+            return False
+        seen.append(event_id)
+        if len(seen) > params.dedupe_cap:
+            del seen[: len(seen) - params.dedupe_cap]
+        return True
+
+    # -- events -------------------------------------------------------------------------------
+    def apply_interaction(
+        self,
+        event: Interaction,
+        category: str | None,
+        params: ProfileParams,
+        deltas: ItemDeltas,
+    ) -> bool:
+        """Apply one click event; False (and no change) if it is a duplicate."""
+        if not self._first_time(event.event_id, params):
+            return False
+        self._touch(event.ts)
+        self._count(event.kind, event.ts, params)
+        self._interact(event.item_id, event.kind, event.ts, category, params, deltas)
+        return True
+
+    def apply_order(
+        self,
+        order: Order,
+        categories: dict[str, str | None],
+        params: ProfileParams,
+        deltas: ItemDeltas,
+    ) -> bool:
+        """Apply one order event; False (and no change) if it is a duplicate."""
+        if not self._first_time(order.event_id, params):
+            return False
+        self._touch(order.ts)
+        if order.status == "placed":
+            self._place(order, categories, params, deltas)
+        else:
+            self._reverse(order)
+        return True
+
+    # -- pieces -------------------------------------------------------------------------------
+    def _touch(self, ts: float) -> None:
+        profile = self.profile
+        if profile["first_seen"] is None or ts < profile["first_seen"]:
+            profile["first_seen"] = ts
+        if profile["last_seen"] is None or ts > profile["last_seen"]:
+            profile["last_seen"] = ts
+
+    def _count(self, kind: str, ts: float, params: ProfileParams) -> None:
+        events: dict[str, int] = self.profile["events"]
+        events[kind] = events.get(kind, 0) + 1
+        decayed: dict[str, list[float]] = self.profile["decayed_events"]
+        value, as_of = decayed.get(kind, (0.0, ts))
+        decayed[kind] = list(decayed_add(value, as_of, 1.0, ts, params.half_life))
+
+    def _interact(
+        self,
+        item_id: str,
+        kind: str,
+        ts: float,
+        category: str | None,
+        params: ProfileParams,
+        deltas: ItemDeltas,
+    ) -> None:
+        """Grow the user's weight on an item and record what that does to similarities."""
+        weight = params.event_weights.get(kind, 0.0)
+        if weight <= 0.0:
+            return
+        recent: list[list[Any]] = self.state["recent"]
+        position = next((n for n, entry in enumerate(recent) if entry[0] == item_id), None)
+        old, last_ts = 0.0, ts
+        if position is not None:
+            _, old_weight, old_ts = recent.pop(position)
+            old, last_ts = float(old_weight), max(ts, float(old_ts))
+        new = min(old + weight, params.interaction_cap)
+        window = ((entry[0], float(entry[1])) for entry in recent[: params.cooc_window])
+        for i, j, amount in cooccurrence_increments(item_id, new - old, window):
+            deltas.cooccurrence[(i, j)] += amount
+        if new > old:
+            deltas.norms[item_id] += norm_increment(old, new)
+        recent.insert(0, [item_id, new, last_ts])
+        # Most recent by event time first, whatever order the topics delivered events in.
+        recent.sort(key=lambda entry: -float(entry[2]))
+        del recent[params.recent_cap :]
+        deltas.popularity.append((item_id, weight, ts))
+        if category:
+            deltas.category_popularity.append((category, item_id, weight, ts))
+            self._prefer_category(category, weight, ts, params)
+        self.profile["recent_items"] = [
+            {"item_id": entry[0], "weight": entry[1], "ts": entry[2]} for entry in recent
+        ]
+
+    def _prefer_category(
+        self, category: str, weight: float, ts: float, params: ProfileParams
+    ) -> None:
+        affinity: dict[str, list[float]] = self.profile["category_affinity"]
+        value, as_of = affinity.get(category, (0.0, ts))
+        affinity[category] = list(decayed_add(value, as_of, weight, ts, params.half_life))
+        if len(affinity) > params.affinity_cap:
+            weakest = min(affinity, key=lambda name: (affinity[name][0], name))
+            del affinity[weakest]
+
+    def _place(
+        self,
+        order: Order,
+        categories: dict[str, str | None],
+        params: ProfileParams,
+        deltas: ItemDeltas,
+    ) -> None:
+        profile = self.profile
+        known: dict[str, list[Any]] = self.state["orders"]
+        profile["orders"] += 1
+        profile["revenue"] = round(profile["revenue"] + order.amount, _MONEY_DIGITS)
+        profile["items_purchased"] += sum(line.quantity for line in order.lines)
+        self._count(PURCHASE, order.ts, params)
+        known[order.order_id] = [round(order.amount, _MONEY_DIGITS), "placed"]
+        while len(known) > _KNOWN_ORDERS_CAP:
+            del known[next(iter(known))]
+        purchased: list[str] = self.state["purchased"]
+        for line in order.lines:
+            if line.item_id in purchased:
+                purchased.remove(line.item_id)
+            purchased.insert(0, line.item_id)
+            self._interact(
+                line.item_id, PURCHASE, order.ts, categories.get(line.item_id), params, deltas
+            )
+        del purchased[params.purchased_cap :]
+
+    def _reverse(self, order: Order) -> None:
+        """A cancellation or return: take back the money (and, if cancelled, the order)."""
+        profile = self.profile
+        known: dict[str, list[Any]] = self.state["orders"]
+        placed = known.get(order.order_id)
+        amount = order.amount if order.lines or placed is None else float(placed[0])
+        profile["revenue"] = round(profile["revenue"] - amount, _MONEY_DIGITS)
+        if order.status == "cancelled":
+            profile["cancellations"] += 1
+            if placed is not None and placed[1] == "placed":
+                profile["orders"] = max(0, profile["orders"] - 1)
+                placed[1] = "cancelled"
+            # A cancelled item never reached the user: it may be recommended again.
+            cancelled = {line.item_id for line in order.lines}
+            self.state["purchased"] = [i for i in self.state["purchased"] if i not in cancelled]
+        else:
+            profile["returns"] += 1
+            if placed is not None:
+                placed[1] = "returned"
+
+    # -- reading ------------------------------------------------------------------------------
+    def recent_items(self) -> list[tuple[str, float, float]]:
+        """``(item_id, weight, ts)`` most recent first."""
+        return [(str(e[0]), float(e[1]), float(e[2])) for e in self.state["recent"]]
+
+    def purchased(self) -> set[str]:
+        return set(self.state["purchased"])
+
+    def top_categories(self, n: int, half_life: float) -> list[tuple[str, float]]:
+        """Strongest category affinities, all decayed to the user's last event."""
+        affinity: dict[str, list[float]] = self.profile["category_affinity"]
+        last = self.profile["last_seen"]
+        if last is None:
+            return []
+        current = {
+            name: decayed_value_at(value, as_of, last, half_life)
+            for name, (value, as_of) in affinity.items()
+        }
+        return sorted(current.items(), key=lambda kv: (-kv[1], kv[0]))[:n]

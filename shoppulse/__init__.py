@@ -1,0 +1,3 @@
+"""ShopPulse: real-time personalization for online shops."""
+
+__version__ = "0.1.0"

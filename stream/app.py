@@ -1,0 +1,133 @@
+"""The Faust app: thin agents that hand micro-batches to the :class:`Processor`.
+
+One agent reads clicks and orders together (both keyed by user, so one user's events are
+handled by one worker, in order); another reads the catalog. Each batch is one Redis script
+plus a few pipelined reads; Kafka offsets are acknowledged only after the batch is stored, so
+a crash means redelivery, which dedupe turns into no-ops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import faust
+import orjson
+from redis.exceptions import BusyLoadingError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from shoppulse.settings import Settings
+from stream.keys import Keys, Topics
+from stream.processor import BatchOutcome, Processor, RawEvent, dead_letter
+from stream.store import RedisStore, connect
+
+log = logging.getLogger(__name__)
+
+RETRYABLE = (RedisConnectionError, RedisTimeoutError, BusyLoadingError, ConnectionError)
+MAX_BACKOFF = 5.0
+
+
+def raw_event(event: Any) -> RawEvent:
+    message = event.message
+    value = message.value if message.value is not None else b""
+    return RawEvent(message.topic, message.partition, message.offset, message.key, value)
+
+
+async def with_retry(work: Callable[[], Awaitable[BatchOutcome]]) -> BatchOutcome:
+    """Run ``work`` until Redis lets it finish: an outage delays a batch, never drops it."""
+    delay = 0.1
+    while True:
+        try:
+            return await work()
+        except RETRYABLE as exc:
+            log.warning("Redis unavailable (%s); retrying in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_BACKOFF)
+
+
+async def isolate_failures(
+    batch: Sequence[RawEvent], handle: Callable[[Sequence[RawEvent]], Awaitable[BatchOutcome]]
+) -> BatchOutcome:
+    """Process a batch; if it fails for a reason other than Redis being away, process its
+    events one by one so a single poisonous event is dead-lettered instead of the batch."""
+    try:
+        return await with_retry(lambda: handle(batch))
+    except Exception:
+        log.exception("batch of %d events failed; isolating the culprit", len(batch))
+    total = BatchOutcome()
+    for raw in batch:
+        try:
+            outcome = await with_retry(lambda raw=raw: handle([raw]))  # type: ignore[misc]
+        except Exception as exc:
+            log.exception("event %s[%d]@%d failed", raw.topic, raw.partition, raw.offset)
+            outcome = BatchOutcome(dead_letters=[dead_letter(raw, f"internal error: {exc!r}")])
+        total.recommendations += outcome.recommendations
+        total.dead_letters += outcome.dead_letters
+        total.applied += outcome.applied
+        total.duplicates += outcome.duplicates
+    return total
+
+
+def create_app(settings: Settings) -> faust.App:
+    """Build the Faust app for one namespace (the app id, and so the consumer group)."""
+    topics = Topics(settings.namespace)
+    app = faust.App(
+        settings.namespace,
+        broker=[f"kafka://{host.strip()}" for host in settings.kafka_bootstrap.split(",")],
+        store="memory://",
+        topic_partitions=settings.partitions,
+        topic_replication_factor=1,
+        consumer_auto_offset_reset="earliest",
+        broker_rebalance_timeout=settings.kafka_rebalance_timeout,
+        broker_session_timeout=max(settings.kafka_rebalance_timeout, 10.0),
+        broker_heartbeat_interval=1.0,
+        web_enabled=settings.web_enabled,
+        web_port=settings.web_port,
+        web_bind="0.0.0.0",
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    user_events = app.topic(topics.clicks, topics.orders, key_type=bytes, value_type=bytes)
+    catalog_events = app.topic(topics.catalog, key_type=bytes, value_type=bytes)
+    recommendations = app.topic(topics.recommendations, key_type=bytes, value_type=bytes)
+    deadletters = app.topic(topics.deadletter, key_type=bytes, value_type=bytes)
+    state: dict[str, Processor] = {}
+
+    def processor() -> Processor:
+        # Created on first use, inside the worker's event loop, which the Redis pool binds to.
+        if "processor" not in state:
+            store = RedisStore(connect(settings.redis_dsn), Keys(settings.namespace))
+            state["processor"] = Processor(store, settings)
+        return state["processor"]
+
+    async def publish(outcome: BatchOutcome) -> None:
+        for document in outcome.recommendations:
+            await recommendations.send(
+                key=document["user_id"].encode(), value=orjson.dumps(document)
+            )
+        for document in outcome.dead_letters:
+            await deadletters.send(value=orjson.dumps(document))
+
+    @app.agent(user_events, name="user-events")
+    async def process_user_events(stream: Any) -> None:
+        async for events in stream.take_events(settings.batch_size, within=settings.batch_window):
+            batch = [raw_event(event) for event in events]
+            await publish(await isolate_failures(batch, processor().process_user_events))
+
+    @app.agent(catalog_events, name="catalog")
+    async def process_catalog(stream: Any) -> None:
+        async for events in stream.take_events(settings.batch_size, within=settings.batch_window):
+            batch = [raw_event(event) for event in events]
+            await publish(await isolate_failures(batch, processor().process_catalog))
+
+    return app
+
+
+def run_worker(settings: Settings, loglevel: str = "info") -> None:
+    """Run the stream worker in this process until it is stopped (SIGINT/SIGTERM)."""
+    app = create_app(settings)
+    worker = faust.Worker(app, loglevel=loglevel)
+    worker.execute_from_commandline()

@@ -1,0 +1,107 @@
+"""The one place that builds Redis keys and Kafka topic names.
+
+Every key is ``{ns}:{kind}:{id}`` with the id as the *last* segment and no kind a prefix of
+another kind's segment, so an id holding ``:`` or ``{`` can only ever name a key of its own
+kind: ``profile`` of user ``"a:recs:b"`` is ``ns:profile:a:recs:b``, never ``ns:recs:b``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+def _require_id(value: str) -> str:
+    if not value:
+        raise ValueError("ids in Redis keys must be non-empty")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Redis key builder for one namespace."""
+
+    ns: str
+
+    # Public contract.
+    def profile(self, user_id: str) -> str:
+        return f"{self.ns}:profile:{_require_id(user_id)}"
+
+    def recs(self, user_id: str) -> str:
+        return f"{self.ns}:recs:{_require_id(user_id)}"
+
+    # Internal per-user state: recent items, bought items, seen event ids, version.
+    def user_state(self, user_id: str) -> str:
+        return f"{self.ns}:ustate:{_require_id(user_id)}"
+
+    # Internal per-item state.
+    def item(self, item_id: str) -> str:
+        """Catalog attributes of an item (hash)."""
+        return f"{self.ns}:item:{_require_id(item_id)}"
+
+    def cooccurrence(self, item_id: str) -> str:
+        """Weighted co-occurrence counts with other items (sorted set, capped)."""
+        return f"{self.ns}:cooc:{_require_id(item_id)}"
+
+    def neighbours(self, item_id: str) -> str:
+        """Top-K most similar items with their similarity (sorted set)."""
+        return f"{self.ns}:sim:{_require_id(item_id)}"
+
+    def category_popularity(self, category: str) -> str:
+        """Items of one category by log decayed popularity (sorted set)."""
+        return f"{self.ns}:catpop:{_require_id(category)}"
+
+    # Namespace-wide singletons.
+    def item_norms(self) -> str:
+        """Sum of squared interaction weights per item (hash): the cosine denominator."""
+        return f"{self.ns}:norms"
+
+    def popularity(self) -> str:
+        """Items by log decayed popularity (sorted set)."""
+        return f"{self.ns}:popularity"
+
+    def out_of_stock(self) -> str:
+        """Items the catalog says are out of stock (set)."""
+        return f"{self.ns}:outofstock"
+
+    def clock(self) -> str:
+        """Highest event time seen (string float)."""
+        return f"{self.ns}:clock"
+
+    def stats(self) -> str:
+        """Running counters of the stream (hash): events applied, duplicates skipped, ..."""
+        return f"{self.ns}:stats"
+
+    def users(self) -> str:
+        """Every known user id (set); retraining and re-scoring walk it."""
+        return f"{self.ns}:users"
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """Kafka topic names for one namespace."""
+
+    ns: str
+
+    @property
+    def clicks(self) -> str:
+        return f"{self.ns}.clicks"
+
+    @property
+    def orders(self) -> str:
+        return f"{self.ns}.orders"
+
+    @property
+    def catalog(self) -> str:
+        return f"{self.ns}.catalog"
+
+    @property
+    def recommendations(self) -> str:
+        return f"{self.ns}.recommendations"
+
+    @property
+    def churn_alerts(self) -> str:
+        return f"{self.ns}.alerts.churn"
+
+    @property
+    def deadletter(self) -> str:
+        return f"{self.ns}.deadletter"

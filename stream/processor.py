@@ -1,0 +1,250 @@
+"""Batch processing, independent of Faust: raw events in, state in Redis, documents out.
+
+The Faust agents (stream/app.py) only hand batches of raw messages to a :class:`Processor`
+and publish what it returns. Keeping the orchestration here keeps the agents thin and lets the
+same code serve the worker, replays and tests.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from models.profile import Interaction, ItemDeltas, Order, ProfileParams, UserRecord
+from models.recommend import blend, category_scores, itemknn_scores, log_scores_to_relative
+from shoppulse.errors import InvalidEvent, StoreError
+from shoppulse.settings import Settings
+from stream.events import CatalogIn, decode_catalog, decode_click, decode_order
+from stream.keys import Topics
+from stream.store import RecommendationInputs, RedisStore, SimilarityParams
+
+log = logging.getLogger(__name__)
+
+SECONDS_PER_DAY = 86_400.0
+MODEL_VERSION = "online"  # the streaming item-kNN + popularity blend; ALS versions replace it
+TOP_CATEGORIES = 3
+MAX_COMMIT_ATTEMPTS = 8
+_PREVIEW_BYTES = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class RawEvent:
+    """One Kafka message as received, before decoding."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+
+
+@dataclass(slots=True)
+class BatchOutcome:
+    """What a batch produced: documents to publish, and counts for metrics and logs."""
+
+    recommendations: list[dict[str, Any]] = field(default_factory=list)
+    dead_letters: list[dict[str, Any]] = field(default_factory=list)
+    applied: int = 0
+    duplicates: int = 0
+
+
+def dead_letter(event: RawEvent, reason: str) -> dict[str, Any]:
+    """The dead-letter document: where the event came from, why it failed, its exact bytes."""
+    try:
+        text: str | None = event.value[:_PREVIEW_BYTES].decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    return {
+        "source_topic": event.topic,
+        "partition": event.partition,
+        "offset": event.offset,
+        "key": event.key.decode("utf-8", "replace") if event.key is not None else None,
+        "reason": reason,
+        "original_base64": base64.b64encode(event.value).decode("ascii"),
+        "original_text": text,
+        "dead_at": time.time(),
+    }
+
+
+def profile_params(settings: Settings) -> ProfileParams:
+    return ProfileParams(
+        half_life=settings.half_life_days * SECONDS_PER_DAY,
+        recent_cap=settings.recent_items_cap,
+        purchased_cap=settings.purchased_cap,
+        dedupe_cap=settings.dedupe_cap,
+        affinity_cap=settings.category_affinity_cap,
+        interaction_cap=settings.interaction_cap,
+        cooc_window=settings.cooc_window,
+        event_weights=dict(settings.event_weights),
+    )
+
+
+def similarity_params(settings: Settings) -> SimilarityParams:
+    return SimilarityParams(
+        cooc_cap=settings.cooc_cap,
+        k=settings.neighbours_k,
+        shrinkage=settings.similarity_shrinkage,
+        popularity_half_life=settings.popularity_half_life_days * SECONDS_PER_DAY,
+    )
+
+
+UserEvent = Interaction | Order
+
+
+class Processor:
+    """Applies batches of events to Redis and recomputes the affected recommendations."""
+
+    def __init__(
+        self,
+        store: RedisStore,
+        settings: Settings,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.topics = Topics(settings.namespace)
+        self.profile_params = profile_params(settings)
+        self.similarity_params = similarity_params(settings)
+        self.wall_clock = wall_clock
+
+    # -- user events (clicks and orders) ------------------------------------------------------
+    def decode_user_events(
+        self, raw_events: Sequence[RawEvent], outcome: BatchOutcome
+    ) -> list[UserEvent]:
+        events: list[UserEvent] = []
+        for raw in raw_events:
+            try:
+                if raw.topic == self.topics.orders:
+                    events.append(decode_order(raw.value))
+                elif raw.topic == self.topics.clicks:
+                    events.append(decode_click(raw.value))
+                else:
+                    raise InvalidEvent(f"unexpected topic {raw.topic!r}")
+            except InvalidEvent as exc:
+                outcome.dead_letters.append(dead_letter(raw, str(exc)))
+        return events
+
+    async def process_user_events(self, raw_events: Sequence[RawEvent]) -> BatchOutcome:
+        outcome = BatchOutcome()
+        events = self.decode_user_events(raw_events, outcome)
+        if not events:
+            return outcome
+        records = await self._apply(events, outcome)
+        clock = max(event.ts for event in events)
+        # Every user of the batch is refreshed, duplicates-only users too: if a previous
+        # attempt stored the events but died before the refresh, this one catches up.
+        outcome.recommendations = await self.refresh_recommendations(list(records.values()), clock)
+        return outcome
+
+    async def _apply(self, events: list[UserEvent], outcome: BatchOutcome) -> dict[str, UserRecord]:
+        """Apply events to freshly read records and commit; re-read and redo on a conflict.
+
+        Returns the records of all the batch's users as committed."""
+        users = list(dict.fromkeys(event.user_id for event in events))
+        items = sorted(_items_of(events))
+        clock = max(event.ts for event in events)
+        for _ in range(MAX_COMMIT_ATTEMPTS):
+            records, categories = await self.store.load_users(users, items)
+            deltas = ItemDeltas()
+            applied, changed_users = 0, set[str]()
+            for event in events:
+                if self._apply_one(records[event.user_id], event, categories, deltas):
+                    applied += 1
+                    changed_users.add(event.user_id)
+            changed = [records[u] for u in users if u in changed_users]
+            counts = (applied, len(events) - applied)
+            stale = await self.store.commit(changed, deltas, clock, self.similarity_params, counts)
+            if not stale:
+                outcome.applied += applied
+                outcome.duplicates += len(events) - applied
+                return records
+            log.info("version conflict for %d users; re-reading", len(stale))
+        raise StoreError(f"could not commit a batch after {MAX_COMMIT_ATTEMPTS} attempts")
+
+    def _apply_one(
+        self,
+        record: UserRecord,
+        event: UserEvent,
+        categories: dict[str, str | None],
+        deltas: ItemDeltas,
+    ) -> bool:
+        if isinstance(event, Order):
+            return record.apply_order(event, categories, self.profile_params, deltas)
+        category = categories.get(event.item_id)
+        return record.apply_interaction(event, category, self.profile_params, deltas)
+
+    # -- recommendations ----------------------------------------------------------------------
+    async def refresh_recommendations(
+        self, records: Sequence[UserRecord], clock: float
+    ) -> list[dict[str, Any]]:
+        """Recompute, store and return the recommendation documents of these users."""
+        if not records:
+            return []
+        window = self.profile_params.cooc_window
+        half_life = self.profile_params.half_life
+        recent = {r.user_id: r.recent_items()[:window] for r in records}
+        favourites = {r.user_id: r.top_categories(TOP_CATEGORIES, half_life) for r in records}
+        source_items = sorted({item for items in recent.values() for item, _, _ in items})
+        categories = sorted({c for cats in favourites.values() for c, _ in cats})
+        popular_n = max(100, 5 * self.settings.recs_count)
+        inputs = await self.store.recommendation_inputs(source_items, categories, popular_n)
+        documents = [
+            self._document(r, recent[r.user_id], favourites[r.user_id], inputs, clock)
+            for r in records
+        ]
+        await self.store.write_recommendations(documents)
+        return documents
+
+    def _document(
+        self,
+        record: UserRecord,
+        recent: list[tuple[str, float, float]],
+        favourites: list[tuple[str, float]],
+        inputs: RecommendationInputs,
+        clock: float,
+    ) -> dict[str, Any]:
+        sources = {
+            "itemknn": itemknn_scores(recent, inputs.neighbours, self.profile_params.half_life),
+            "category": category_scores(favourites, inputs.category_items),
+            "popularity": log_scores_to_relative(inputs.popularity),
+        }
+        exclude = record.purchased() | inputs.out_of_stock
+        if not self.settings.recommend_seen:
+            exclude |= {item for item, _, _ in record.recent_items()}
+        ranked = blend(sources, self.settings.blend_weights, exclude, self.settings.recs_count)
+        return {
+            "user_id": record.user_id,
+            "items": [{"item_id": r.item_id, "score": r.score, "source": r.source} for r in ranked],
+            "recommendation_id": uuid.uuid4().hex,
+            "model_version": MODEL_VERSION,
+            "as_of": clock,
+            "generated_at": self.wall_clock(),
+        }
+
+    # -- catalog ------------------------------------------------------------------------------
+    async def process_catalog(self, raw_events: Sequence[RawEvent]) -> BatchOutcome:
+        outcome = BatchOutcome()
+        items: list[CatalogIn] = []
+        for raw in raw_events:
+            try:
+                items.append(decode_catalog(raw.value))
+            except InvalidEvent as exc:
+                outcome.dead_letters.append(dead_letter(raw, str(exc)))
+        if items:
+            outcome.applied = await self.store.upsert_catalog(items)
+        return outcome
+
+
+def _items_of(events: Sequence[UserEvent]) -> set[str]:
+    items: set[str] = set()
+    for event in events:
+        if isinstance(event, Order):
+            items.update(line.item_id for line in event.lines)
+        else:
+            items.add(event.item_id)
+    return items

@@ -1,0 +1,243 @@
+"""Redis state: the only module that talks to Redis for the stream (workers reuse it).
+
+Reads are pipelined (one round trip per kind of read for a whole batch) and every multi-key
+update is one Lua script, so a crash can never leave half a batch behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+
+from models.decay import log_forward_weight, logaddexp
+from models.profile import ItemDeltas, UserRecord
+from stream.events import CatalogIn
+from stream.keys import Keys
+
+
+def _lua(name: str) -> str:
+    return resources.files("stream").joinpath("lua", name).read_text(encoding="utf-8")
+
+
+def connect(url: str) -> aioredis.Redis:
+    """An async client with a connection pool (hiredis parses replies when installed)."""
+    return aioredis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+
+
+@dataclass(frozen=True, slots=True)
+class SimilarityParams:
+    cooc_cap: int
+    k: int
+    shrinkage: float
+    popularity_half_life: float
+
+
+@dataclass(slots=True)
+class RecommendationInputs:
+    """Everything the recommender reads for a batch of users, fetched together."""
+
+    neighbours: dict[str, list[tuple[str, float]]]  # item -> [(neighbour, cosine)]
+    popularity: list[tuple[str, float]]  # (item, log decayed score), best first
+    category_items: dict[str, list[tuple[str, float]]]
+    out_of_stock: set[str]
+
+
+class RedisStore:
+    """Typed reads and atomic writes of ShopPulse state."""
+
+    def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
+        self.client = client
+        self.keys = keys
+        self._commit: AsyncScript = client.register_script(_lua("commit_batch.lua"))
+        self._catalog: AsyncScript = client.register_script(_lua("upsert_catalog.lua"))
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    # -- users --------------------------------------------------------------------------------
+    async def load_users(
+        self, user_ids: Sequence[str], item_ids: Sequence[str]
+    ) -> tuple[dict[str, UserRecord], dict[str, str | None]]:
+        """Current records of the users and catalog categories of the items, in one trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for user_id in user_ids:
+            pipe.hmget(self.keys.user_state(user_id), "v", "s")
+            pipe.get(self.keys.profile(user_id))
+        for item_id in item_ids:
+            pipe.hget(self.keys.item(item_id), "category")
+        replies = await pipe.execute()
+        records: dict[str, UserRecord] = {}
+        for n, user_id in enumerate(user_ids):
+            (version, state), profile = replies[2 * n], replies[2 * n + 1]
+            if state is None or profile is None:
+                records[user_id] = UserRecord.new(user_id)
+                records[user_id].version = int(version or 0)
+            else:
+                records[user_id] = UserRecord(
+                    user_id, orjson.loads(profile), orjson.loads(state), int(version)
+                )
+        offset = 2 * len(user_ids)
+        categories = {item_id: replies[offset + n] for n, item_id in enumerate(item_ids)}
+        return records, categories
+
+    async def commit(
+        self,
+        records: Iterable[UserRecord],
+        deltas: ItemDeltas,
+        clock: float,
+        params: SimilarityParams,
+        counts: tuple[int, int] = (0, 0),
+    ) -> list[str]:
+        """Write users and item deltas atomically; returns users whose version moved (then
+        nothing at all was written). ``counts`` = (applied, duplicates) for the stats."""
+        keys = self.keys
+        users = [
+            {
+                "id": r.user_id,
+                "state_key": keys.user_state(r.user_id),
+                "profile_key": keys.profile(r.user_id),
+                "expect": r.version,
+                "state": orjson.dumps(r.state).decode(),
+                "profile": orjson.dumps(r.profile).decode(),
+            }
+            for r in records
+        ]
+        cooc = [
+            [keys.cooccurrence(i), keys.neighbours(i), i, j, delta]
+            for (i, j), delta in deltas.cooccurrence.items()
+        ]
+        payload = {
+            "users": users,
+            "norms": [[item, delta] for item, delta in deltas.norms.items()],
+            "cooc": cooc,
+            "pop": self._popularity_updates(deltas, params.popularity_half_life),
+            "norms_key": keys.item_norms(),
+            "users_key": keys.users(),
+            "clock_key": keys.clock(),
+            "clock": clock,
+            "cooc_cap": params.cooc_cap,
+            "k": params.k,
+            "shrinkage": params.shrinkage,
+            "stats_key": keys.stats(),
+            "applied": counts[0],
+            "duplicates": counts[1],
+        }
+        stale = await self._commit(args=[orjson.dumps(payload)])
+        return [str(user_id) for user_id in stale]
+
+    def _popularity_updates(self, deltas: ItemDeltas, half_life: float) -> list[list[Any]]:
+        """Merge the batch's observations per sorted-set member before they go to Redis."""
+        merged: dict[tuple[str, str], float] = {}
+        observations = [(self.keys.popularity(), i, w, ts) for i, w, ts in deltas.popularity]
+        observations += [
+            (self.keys.category_popularity(c), i, w, ts)
+            for c, i, w, ts in deltas.category_popularity
+        ]
+        for key, item_id, weight, ts in observations:
+            score = log_forward_weight(weight, ts, half_life)
+            current = merged.get((key, item_id))
+            merged[(key, item_id)] = score if current is None else logaddexp(current, score)
+        return [[key, item_id, score] for (key, item_id), score in merged.items()]
+
+    async def known_users(self) -> set[str]:
+        return {str(u) for u in await self.client.smembers(self.keys.users())}
+
+    async def events_seen(self) -> int:
+        """Events the stream has taken in so far: applied plus skipped duplicates."""
+        applied, duplicates = await self.client.hmget(self.keys.stats(), "applied", "duplicates")
+        return int(applied or 0) + int(duplicates or 0)
+
+    async def clock(self) -> float | None:
+        value = await self.client.get(self.keys.clock())
+        return float(value) if value is not None else None
+
+    # -- catalog ------------------------------------------------------------------------------
+    async def upsert_catalog(self, items: Sequence[CatalogIn]) -> int:
+        """Apply catalog upserts (newest event time wins); returns how many changed."""
+        documents = []
+        for item in items:
+            fields = {
+                name: (orjson.dumps(value).decode() if name == "tags" else str(value))
+                for name, value in item.model_dump(exclude={"item_id"}, exclude_none=True).items()
+            }
+            document: dict[str, Any] = {
+                "key": self.keys.item(item.item_id),
+                "item": item.item_id,
+                "fields": fields,
+            }
+            if item.ts is not None:
+                document["ts"] = item.ts
+            if item.in_stock is not None:
+                document["in_stock"] = item.in_stock
+            documents.append(document)
+        changed = await self._catalog(args=[orjson.dumps(documents), self.keys.out_of_stock()])
+        return int(changed)
+
+    async def item_attributes(self, item_ids: Sequence[str]) -> dict[str, dict[str, str]]:
+        pipe = self.client.pipeline(transaction=False)
+        for item_id in item_ids:
+            pipe.hgetall(self.keys.item(item_id))
+        replies = await pipe.execute()
+        return dict(zip(item_ids, replies, strict=True))
+
+    # -- recommendations ----------------------------------------------------------------------
+    async def recommendation_inputs(
+        self,
+        source_items: Sequence[str],
+        categories: Sequence[str],
+        popular_n: int,
+    ) -> RecommendationInputs:
+        """Neighbours of the source items, popular items overall and per category, and which
+        of all those candidates are out of stock: two round trips for the whole batch."""
+        keys = self.keys
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zrevrange(keys.popularity(), 0, popular_n - 1, withscores=True)
+        for category in categories:
+            pipe.zrevrange(keys.category_popularity(category), 0, popular_n - 1, withscores=True)
+        for item_id in source_items:
+            pipe.zrevrange(keys.neighbours(item_id), 0, -1, withscores=True)
+        if source_items:
+            pipe.hmget(keys.item_norms(), list(source_items))
+        replies = iter(await pipe.execute())
+
+        popularity = [(str(i), float(s)) for i, s in next(replies)]
+        category_items = {
+            category: [(str(i), float(s)) for i, s in next(replies)] for category in categories
+        }
+        partials = [next(replies) for _ in source_items]
+        norms = next(replies) if source_items else []
+        neighbours: dict[str, list[tuple[str, float]]] = {}
+        for item_id, pairs, norm in zip(source_items, partials, norms, strict=True):
+            # sim:i holds cosine * sqrt(N[i]); divide that factor back out.
+            scale = float(norm) ** 0.5 if norm else 0.0
+            if scale > 0.0 and pairs:
+                neighbours[item_id] = [(str(other), score / scale) for other, score in pairs]
+
+        candidates = {i for pairs in neighbours.values() for i, _ in pairs}
+        candidates |= {i for i, _ in popularity}
+        candidates |= {i for pairs in category_items.values() for i, _ in pairs}
+        out_of_stock = await self._out_of_stock(sorted(candidates))
+        return RecommendationInputs(neighbours, popularity, category_items, out_of_stock)
+
+    async def _out_of_stock(self, item_ids: list[str]) -> set[str]:
+        if not item_ids:
+            return set()
+        flags = await self.client.smismember(self.keys.out_of_stock(), item_ids)
+        return {item_id for item_id, flag in zip(item_ids, flags, strict=True) if flag}
+
+    async def write_recommendations(self, documents: Sequence[dict[str, Any]]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for document in documents:
+            pipe.set(self.keys.recs(document["user_id"]), orjson.dumps(document))
+        await pipe.execute()
+
+    # -- reading for people and tests ---------------------------------------------------------
+    async def get_json(self, key: str) -> Any:
+        raw = await self.client.get(key)
+        return orjson.loads(raw) if raw is not None else None

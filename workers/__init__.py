@@ -1,0 +1,1 @@
+"""Periodic jobs (retraining) that run beside the stream workers."""
