@@ -229,8 +229,12 @@ class UserRecord:
         value, as_of = affinity.get(category, (0.0, ts))
         affinity[category] = list(decayed_add(value, as_of, weight, ts, params.half_life))
         if len(affinity) > params.affinity_cap:
-            weakest = min(affinity, key=lambda name: (affinity[name][0], name))
-            del affinity[weakest]
+            # Values are stored as of different times: compare them all as of now.
+            def current(name: str) -> float:
+                value, as_of = affinity[name]
+                return decayed_value_at(value, as_of, ts, params.half_life)
+
+            del affinity[min(affinity, key=lambda name: (current(name), name))]
 
     def _place(
         self,
@@ -239,15 +243,17 @@ class UserRecord:
         params: ProfileParams,
         deltas: ItemDeltas,
     ) -> None:
+        known: dict[str, dict[str, Any]] = self.state["orders"]
+        if order.order_id in known:
+            # Placed before (under another event id), or its cancellation came first.
+            return
         profile = self.profile
-        known: dict[str, list[Any]] = self.state["orders"]
         profile["orders"] += 1
         profile["revenue"] = round(profile["revenue"] + order.amount, _MONEY_DIGITS)
         profile["items_purchased"] += sum(line.quantity for line in order.lines)
         self._count(PURCHASE, order.ts, params)
-        known[order.order_id] = [round(order.amount, _MONEY_DIGITS), "placed"]
-        while len(known) > _KNOWN_ORDERS_CAP:
-            del known[next(iter(known))]
+        items = [line.item_id for line in order.lines]
+        self._remember_order(order.order_id, round(order.amount, _MONEY_DIGITS), "placed", items)
         purchased: list[str] = self.state["purchased"]
         for line in order.lines:
             if line.item_id in purchased:
@@ -258,25 +264,42 @@ class UserRecord:
             )
         del purchased[params.purchased_cap :]
 
+    def _remember_order(
+        self, order_id: str, open_amount: float, status: str, items: list[str]
+    ) -> None:
+        known: dict[str, dict[str, Any]] = self.state["orders"]
+        known[order_id] = {"open": open_amount, "status": status, "items": items}
+        while len(known) > _KNOWN_ORDERS_CAP:
+            del known[next(iter(known))]
+
     def _reverse(self, order: Order) -> None:
-        """A cancellation or return: take back the money (and, if cancelled, the order)."""
+        """A cancellation or (partial) return: take back money that is still open, never more
+        than the order brought in; a cancellation also takes back the order and its items."""
         profile = self.profile
-        known: dict[str, list[Any]] = self.state["orders"]
-        placed = known.get(order.order_id)
-        amount = order.amount if order.lines or placed is None else float(placed[0])
-        profile["revenue"] = round(profile["revenue"] - amount, _MONEY_DIGITS)
+        known: dict[str, dict[str, Any]] = self.state["orders"]
+        entry = known.get(order.order_id)
+        if entry is not None and entry["status"] == "cancelled":
+            return  # already reversed in full
+        items = [line.item_id for line in order.lines]
+        if entry is None:
+            # Unknown order (placed before we remembered it, or the cancellation came first):
+            # all we know is what this event says.
+            refund = order.amount
+            self._remember_order(order.order_id, 0.0, order.status, items)
+        else:
+            refund = min(order.amount if order.lines else entry["open"], entry["open"])
+            entry["open"] = round(entry["open"] - refund, _MONEY_DIGITS)
+            items = items or entry["items"]
+            if order.status == "cancelled":
+                profile["orders"] = max(0, profile["orders"] - 1)
+            entry["status"] = order.status
+        profile["revenue"] = round(profile["revenue"] - refund, _MONEY_DIGITS)
         if order.status == "cancelled":
             profile["cancellations"] += 1
-            if placed is not None and placed[1] == "placed":
-                profile["orders"] = max(0, profile["orders"] - 1)
-                placed[1] = "cancelled"
             # A cancelled item never reached the user: it may be recommended again.
-            cancelled = {line.item_id for line in order.lines}
-            self.state["purchased"] = [i for i in self.state["purchased"] if i not in cancelled]
+            self.state["purchased"] = [i for i in self.state["purchased"] if i not in items]
         else:
             profile["returns"] += 1
-            if placed is not None:
-                placed[1] = "returned"
 
     # -- reading ------------------------------------------------------------------------------
     def recent_items(self) -> list[tuple[str, float, float]]:

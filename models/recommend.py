@@ -89,12 +89,13 @@ def blend(
         scores = sources[name]
         if weight <= 0.0 or not scores:
             continue
-        top = max(scores.values())
-        if top <= 0.0:
+        # Rescale by the best item that may be recommended: excluded items (often the top of
+        # item-kNN, which are the user's own) must not shrink the rest of their source.
+        eligible = {i: s for i, s in scores.items() if i not in exclude and s > 0.0}
+        if not eligible:
             continue
-        for item_id, score in scores.items():
-            if item_id in exclude or score <= 0.0:
-                continue
+        top = max(eligible.values())
+        for item_id, score in eligible.items():
             part = weight * score / top
             totals[item_id] += part
             if item_id not in best_part or part > best_part[item_id][0]:

@@ -1,0 +1,111 @@
+"""Redis keys and Kafka topic names, byte for byte."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from stream.keys import Keys, Topics
+
+KEYS = Keys("shop")
+
+PER_ID: dict[str, Callable[[str], str]] = {
+    "profile": KEYS.profile,
+    "recs": KEYS.recs,
+    "user_state": KEYS.user_state,
+    "item": KEYS.item,
+    "cooccurrence": KEYS.cooccurrence,
+    "neighbours": KEYS.neighbours,
+    "category_popularity": KEYS.category_popularity,
+}
+SINGLETONS: dict[str, Callable[[], str]] = {
+    "item_norms": KEYS.item_norms,
+    "popularity": KEYS.popularity,
+    "out_of_stock": KEYS.out_of_stock,
+    "clock": KEYS.clock,
+    "stats": KEYS.stats,
+    "users": KEYS.users,
+}
+
+
+def test_per_id_keys_byte_for_byte() -> None:
+    assert KEYS.profile("u1") == "shop:profile:u1"
+    assert KEYS.recs("u1") == "shop:recs:u1"
+    assert KEYS.user_state("u1") == "shop:ustate:u1"
+    assert KEYS.item("i9") == "shop:item:i9"
+    assert KEYS.cooccurrence("i9") == "shop:cooc:i9"
+    assert KEYS.neighbours("i9") == "shop:sim:i9"
+    assert KEYS.category_popularity("shoes") == "shop:catpop:shoes"
+
+
+def test_singleton_keys_byte_for_byte() -> None:
+    assert KEYS.item_norms() == "shop:norms"
+    assert KEYS.popularity() == "shop:popularity"
+    assert KEYS.out_of_stock() == "shop:outofstock"
+    assert KEYS.clock() == "shop:clock"
+    assert KEYS.stats() == "shop:stats"
+    assert KEYS.users() == "shop:users"
+
+
+def test_namespace_prefixes_every_key() -> None:
+    other = Keys("tenant-b")
+    assert other.profile("u1") == "tenant-b:profile:u1"
+    assert other.users() == "tenant-b:users"
+
+
+def test_ids_are_used_verbatim() -> None:
+    assert KEYS.profile("a:recs:b") == "shop:profile:a:recs:b"
+    assert KEYS.recs("{tag}x") == "shop:recs:{tag}x"
+    assert KEYS.item("  ") == "shop:item:  "
+    assert KEYS.profile("ü/é") == "shop:profile:ü/é"
+
+
+def test_topics_byte_for_byte() -> None:
+    topics = Topics("shop")
+    assert topics.clicks == "shop.clicks"
+    assert topics.orders == "shop.orders"
+    assert topics.catalog == "shop.catalog"
+    assert topics.recommendations == "shop.recommendations"
+    assert topics.churn_alerts == "shop.alerts.churn"
+    assert topics.deadletter == "shop.deadletter"
+
+
+@pytest.mark.parametrize("kind", sorted(PER_ID))
+def test_empty_id_raises(kind: str) -> None:
+    with pytest.raises(ValueError, match="non-empty"):
+        PER_ID[kind]("")
+
+
+def test_a_crafted_user_id_cannot_reach_another_kind() -> None:
+    assert KEYS.profile("x:recs:y") != KEYS.recs("y")
+    assert KEYS.recs("x:profile:y") != KEYS.profile("y")
+    assert KEYS.profile("recs:y") != KEYS.recs("y")
+    assert KEYS.user_state("x:profile:y") != KEYS.profile("y")
+    assert KEYS.profile("{shop}:recs:y") != KEYS.recs("y")
+
+
+def test_all_key_kinds_are_distinct_for_the_same_id() -> None:
+    keys = [build("same") for build in PER_ID.values()] + [b() for b in SINGLETONS.values()]
+    assert len(set(keys)) == len(keys)
+
+
+ids = st.text(alphabet="ab:{}", min_size=1, max_size=12)
+
+
+@given(ids, ids)
+def test_keys_of_different_kinds_never_collide(first: str, second: str) -> None:
+    for (kind_a, build_a), (kind_b, build_b) in itertools.permutations(PER_ID.items(), 2):
+        assert build_a(first) != build_b(second), (kind_a, first, kind_b, second)
+    for build in PER_ID.values():
+        for singleton in SINGLETONS.values():
+            assert build(first) != singleton()
+
+
+@given(ids, ids)
+def test_same_kind_keys_are_equal_only_for_equal_ids(first: str, second: str) -> None:
+    for build in PER_ID.values():
+        assert (build(first) == build(second)) == (first == second)
