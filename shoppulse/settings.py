@@ -56,7 +56,7 @@ class Settings(BaseSettings):
         500, ge=1, description="Bought items remembered per user (for filtering)."
     )
     dedupe_cap: int = Field(
-        1000, ge=1, description="Recent event ids remembered per user for dedupe."
+        256, ge=1, description="Recent event ids remembered per user for dedupe."
     )
     category_affinity_cap: int = Field(
         20, ge=1, description="Categories kept in a profile's affinity map."

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -78,6 +80,9 @@ def create_app(settings: Settings) -> faust.App:
         settings.namespace,
         broker=[f"kafka://{host.strip()}" for host in settings.kafka_bootstrap.split(",")],
         store="memory://",
+        # Faust keeps table data on disk; ShopPulse keeps all state in Redis, so keep Faust's
+        # (empty) data folder out of the working directory.
+        datadir=str(Path(tempfile.gettempdir()) / "shoppulse-faust-{conf.name}"),
         topic_partitions=settings.partitions,
         topic_replication_factor=1,
         consumer_auto_offset_reset="earliest",

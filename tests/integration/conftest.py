@@ -114,7 +114,24 @@ class Stack:
 
     async def wait_seen(self, count: int, timeout: float = 60) -> None:
         """Wait until the workers have taken in ``count`` user events (applied or duplicate)."""
-        await eventually(lambda: self._seen_at_least(count), timeout, f"{count} events seen")
+        await self.until(lambda: self._seen_at_least(count), timeout, f"{count} events seen")
+
+    async def until(
+        self, probe: Callable[[], Awaitable[T | None]], timeout: float = 30, what: str = "it"
+    ) -> T:
+        """Like :func:`eventually`, but fails at once, with its log, if a worker died."""
+
+        async def checked() -> T | None:
+            self.assert_workers_alive()
+            return await probe()
+
+        return await eventually(checked, timeout, what)
+
+    def assert_workers_alive(self) -> None:
+        for n, process in enumerate(self.workers):
+            if process.poll() is not None:
+                log = (ARTIFACTS / f"worker-{self.namespace}-{n}.log").read_text(errors="replace")
+                raise AssertionError(f"worker {n} exited with {process.returncode}:\n{log[-3000:]}")
 
     async def _seen_at_least(self, count: int) -> bool | None:
         return (await self.events_seen()) >= count or None
