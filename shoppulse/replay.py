@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,14 +46,9 @@ def rating_click_event(rating: Rating) -> dict[str, Any]:
 def movielens_events(ratings: Sequence[Rating], movies: dict[str, Movie]) -> EventStream:
     """Catalog first (stamped with the first rating's time), then ratings as clicks by time."""
     first_ts = min((r.ts for r in ratings), default=0.0)
-    catalog = [
+    catalog: list[Message] = [
         (movie.item_id.encode(), encode(movie_catalog_event(movie, first_ts)))
         for movie in movies.values()
     ]
-    clicks = [(r.user_id.encode(), encode(rating_click_event(r))) for r in ratings]
+    clicks: list[Message] = [(r.user_id.encode(), encode(rating_click_event(r))) for r in ratings]
     return EventStream(catalog, clicks)
-
-
-def chunks(messages: Sequence[Message], size: int) -> Iterator[Sequence[Message]]:
-    for start in range(0, len(messages), size):
-        yield messages[start : start + size]
