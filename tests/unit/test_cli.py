@@ -1,0 +1,68 @@
+"""The command line answers bad input and unreachable services with a message, not a
+traceback (no broker or Redis needed: these are the failure paths)."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from shoppulse.cli import cli
+from shoppulse.localstack import free_port
+from shoppulse.settings import get_settings
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def fresh_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    get_settings.cache_clear()
+    monkeypatch.setenv("SHOPPULSE_NAMESPACE", "cli-test")
+
+
+def test_every_command_has_help() -> None:
+    result = runner.invoke(cli, ["--help"])
+    assert result.exit_code == 0
+    for command in ("dev", "worker", "replay", "recs", "profile"):
+        assert command in result.output
+        sub = runner.invoke(cli, [command, "--help"])
+        assert sub.exit_code == 0, sub.output
+
+
+def test_unreachable_redis_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHOPPULSE_REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
+    result = runner.invoke(cli, ["worker"])
+    assert result.exit_code == 2
+    assert "Redis is not reachable" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_unreachable_kafka_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHOPPULSE_KAFKA_BOOTSTRAP", f"127.0.0.1:{free_port()}")
+    result = runner.invoke(cli, ["replay", "movielens-100k", "--limit", "10"])
+    assert result.exit_code == 2
+    assert "Kafka is not reachable" in result.output
+
+
+def test_a_bad_setting_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHOPPULSE_BATCH_SIZE", "lots")
+    result = runner.invoke(cli, ["worker"])
+    assert result.exit_code == 2
+    assert "SHOPPULSE_BATCH_SIZE" in result.output
+
+
+def test_a_bad_namespace_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHOPPULSE_NAMESPACE", "a:b")
+    result = runner.invoke(cli, ["recs", "1"])
+    assert result.exit_code == 2
+    assert "SHOPPULSE_NAMESPACE" in result.output
+
+
+def test_an_unknown_dataset_is_refused_with_the_choices() -> None:
+    result = runner.invoke(cli, ["replay", "netflix"])
+    assert result.exit_code == 2
+    assert "movielens-100k" in result.output
+
+
+def test_a_negative_rate_is_refused() -> None:
+    result = runner.invoke(cli, ["replay", "movielens-100k", "--rate", "-5"])
+    assert result.exit_code == 2
