@@ -31,13 +31,14 @@ class ProfileParams:
     """How profiles evolve; built from settings by the stream layer."""
 
     half_life: float  # seconds
-    recent_cap: int
+    recent_cap: int  # interactions kept per user (training, scoring, filtering)
     purchased_cap: int
     dedupe_cap: int
     affinity_cap: int
     interaction_cap: float
     cooc_window: int
     event_weights: dict[str, float]
+    display_cap: int = 20  # of those, shown in the public profile
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,16 +211,20 @@ class UserRecord:
             deltas.cooccurrence[(i, j)] += amount
         if new > old:
             deltas.norms[item_id] += norm_increment(old, new)
-        recent.insert(0, [item_id, new, last_ts])
         # Most recent by event time first, whatever order the topics delivered events in.
-        recent.sort(key=lambda entry: -float(entry[2]))
+        if recent and last_ts < float(recent[0][2]):
+            at = next((n for n, e in enumerate(recent) if float(e[2]) <= last_ts), len(recent))
+            recent.insert(at, [item_id, new, last_ts])
+        else:
+            recent.insert(0, [item_id, new, last_ts])
         del recent[params.recent_cap :]
         deltas.popularity.append((item_id, weight, ts))
         if category:
             deltas.category_popularity.append((category, item_id, weight, ts))
             self._prefer_category(category, weight, ts, params)
         self.profile["recent_items"] = [
-            {"item_id": entry[0], "weight": entry[1], "ts": entry[2]} for entry in recent
+            {"item_id": entry[0], "weight": entry[1], "ts": entry[2]}
+            for entry in recent[: params.display_cap]
         ]
 
     def _prefer_category(

@@ -86,6 +86,71 @@ def worker(
     run_worker(settings, loglevel)
 
 
+# -- retrain ------------------------------------------------------------------------------------
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``15m``, ``1h`` or ``1d`` as seconds."""
+    value = text.strip().lower()
+    unit = DURATION_UNITS.get(value[-1:])
+    number = value[:-1] if unit else value
+    try:
+        seconds = float(number) * (unit or 1)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a duration like 90s, 15m, 1h or 1d") from None
+    if seconds <= 0:
+        raise typer.BadParameter("the duration must be positive")
+    return seconds
+
+
+@cli.command()
+def retrain(
+    every: Annotated[
+        str | None, typer.Option(help="Keep retraining at this interval (e.g. 1h, 30m).")
+    ] = None,
+) -> None:
+    """Train ALS on the live interactions, publish it if it beats the serving model, and
+    recompute every user's recommendations with it."""
+    interval = parse_duration(every) if every is not None else None
+    settings = load_settings()
+    require_services(settings)
+    while True:
+        ok = _retrain_once(settings)
+        if interval is None:
+            if not ok:
+                raise typer.Exit(1)
+            return
+        console.print(f"next retraining in {interval:.0f}s")
+        time.sleep(interval)
+
+
+def _retrain_once(settings: Settings) -> bool:
+    """One retraining; False if no model could be trained (the serving one stays)."""
+    from models.als import TrainingError
+    from workers.retrain import Retrainer
+
+    async def run() -> Any:
+        retrainer = Retrainer(settings, show_progress=console.is_terminal)
+        try:
+            return await retrainer.run_once()
+        finally:
+            await retrainer.close()
+
+    try:
+        result = asyncio.run(run())
+    except TrainingError as exc:
+        console.print(f"[bold red]training failed:[/] {exc}; the serving model stays")
+        return False
+    table = Table(title="retraining")
+    table.add_column("field")
+    table.add_column("value")
+    for name, value in result.as_dict().items():
+        table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
+    console.print(table)
+    return True
+
+
 # -- reading state -----------------------------------------------------------------------------
 def _read_json(settings: Settings, key: str) -> Any:
     import redis
@@ -246,7 +311,7 @@ def local_services(settings: Settings) -> Iterator[dict[str, str]]:
             parsed = urlparse(settings.redis_dsn)
             if parsed.hostname not in LOCAL_HOSTS:
                 fail(f"Redis is not reachable at {_safe_url(settings.redis_dsn)}")
-            server = _start(lambda: localstack.RedisServer(port=parsed.port or 6379))
+            server = _start(lambda: localstack.RedisServer(port=parsed.port or 6379).start())
             stack.enter_context(server)
             console.print(f"Redis: started redis-server on port {parsed.port or 6379}")
         if localstack.kafka_reachable(settings.kafka_bootstrap):
@@ -255,7 +320,7 @@ def local_services(settings: Settings) -> Iterator[dict[str, str]]:
             host, port = localstack.parse_bootstrap(settings.kafka_bootstrap)
             if host not in LOCAL_HOSTS:
                 fail(f"Kafka is not reachable at {settings.kafka_bootstrap}")
-            broker = _start(lambda: localstack.Broker(port=port))
+            broker = _start(lambda: localstack.Broker(port=port).start())
             stack.enter_context(broker)
             env["SHOPPULSE_KAFKA_BOOTSTRAP"] = broker.bootstrap
             console.print(f"Kafka: started the Tansu broker (memory only) at {broker.bootstrap}")

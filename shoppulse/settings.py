@@ -51,7 +51,12 @@ class Settings(BaseSettings):
     half_life_days: float = Field(
         7.0, gt=0, description="Half-life of decayed event counts and affinities."
     )
-    recent_items_cap: int = Field(50, ge=1, description="Recent interacted items kept per user.")
+    recent_items_cap: int = Field(
+        20, ge=1, description="Recent interacted items shown in a profile."
+    )
+    interactions_cap: int = Field(
+        500, ge=1, description="Items kept with their weights per user (training, filtering)."
+    )
     purchased_cap: int = Field(
         500, ge=1, description="Bought items remembered per user (for filtering)."
     )
@@ -86,6 +91,18 @@ class Settings(BaseSettings):
     )
     recommend_seen: bool = Field(
         False, description="Allow items the user recently interacted with."
+    )
+
+    # ALS retraining (workers/retrain.py).
+    als_factors: int = Field(64, ge=1, le=1024, description="ALS latent factors.")
+    als_regularization: float = Field(0.05, ge=0, description="ALS L2 regularization.")
+    als_iterations: int = Field(15, ge=1, le=200, description="ALS sweeps per training.")
+    als_alpha: float = Field(2.0, gt=0, description="ALS confidence per unit of interaction.")
+    training_half_life_days: float | None = Field(
+        None, gt=0, description="Decay of interactions in training; unset for none."
+    )
+    holdout_users: int = Field(
+        1000, ge=0, description="Users whose latest interaction checks a new model."
     )
 
     @field_validator("namespace")

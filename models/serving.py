@@ -1,0 +1,140 @@
+"""A trained ALS model as data: arrays and plain parameters in, arrays out, never a pickle.
+
+:func:`encode_model` turns a :class:`PublishedModel` into flat fields of bytes (raw little-endian
+float32 factors, UTF-8 JSON for ids and parameters) that any store can hold;
+:func:`decode_model` checks every shape and value before trusting them. :class:`AlsScorer` is
+what a stream worker keeps in memory: item factors and their Gram matrix, so that folding in a
+user's current interactions costs one small solve.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+from numpy.typing import NDArray
+
+from models.als import TrainingError
+from models.training import training_value
+
+FORMAT = "shoppulse-als-1"
+_DTYPE = np.dtype("<f4")
+
+
+@dataclass(frozen=True, slots=True)
+class PublishedModel:
+    """Everything a worker needs to score with a model, and what it was trained with."""
+
+    version: str
+    item_ids: list[str]
+    item_factors: NDArray[np.float32]
+    user_ids: list[str]
+    user_factors: NDArray[np.float32]
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def encode_model(model: PublishedModel) -> dict[str, bytes]:
+    """Flat fields of bytes; ``decode_model`` is the inverse."""
+    header = {
+        "format": FORMAT,
+        "version": model.version,
+        "factors": int(model.item_factors.shape[1]) if model.item_factors.ndim == 2 else 0,
+        "items": len(model.item_ids),
+        "users": len(model.user_ids),
+        "params": model.params,
+    }
+    return {
+        "header": orjson.dumps(header),
+        "item_ids": orjson.dumps(model.item_ids),
+        "user_ids": orjson.dumps(model.user_ids),
+        "item_factors": np.ascontiguousarray(model.item_factors, dtype=_DTYPE).tobytes(),
+        "user_factors": np.ascontiguousarray(model.user_factors, dtype=_DTYPE).tobytes(),
+    }
+
+
+def decode_model(
+    fields: dict[bytes, bytes] | dict[str, bytes], with_users: bool = True
+) -> PublishedModel:
+    """Rebuild a model from ``encode_model``'s fields, refusing anything inconsistent."""
+    get = {k.decode() if isinstance(k, bytes) else k: v for k, v in fields.items()}
+    try:
+        header = orjson.loads(get["header"])
+        item_ids = [str(i) for i in orjson.loads(get["item_ids"])]
+        user_ids = [str(u) for u in orjson.loads(get["user_ids"])] if with_users else []
+    except (KeyError, orjson.JSONDecodeError) as exc:
+        raise TrainingError(f"model fields are incomplete or not JSON: {exc}") from exc
+    if header.get("format") != FORMAT:
+        raise TrainingError(f"unknown model format {header.get('format')!r}")
+    factors = int(header["factors"])
+    item_factors = _matrix(get.get("item_factors", b""), len(item_ids), factors, "item")
+    user_factors = (
+        _matrix(get.get("user_factors", b""), len(user_ids), factors, "user")
+        if with_users
+        else np.zeros((0, factors), dtype=np.float32)
+    )
+    return PublishedModel(
+        str(header["version"]), item_ids, item_factors, user_ids, user_factors, header["params"]
+    )
+
+
+def _matrix(raw: bytes, rows: int, columns: int, name: str) -> NDArray[np.float32]:
+    if len(raw) != rows * columns * _DTYPE.itemsize:
+        raise TrainingError(f"{name} factors hold {len(raw)} bytes, expected {rows}x{columns}")
+    matrix = np.frombuffer(raw, dtype=_DTYPE).reshape(rows, columns).astype(np.float32)
+    if not np.isfinite(matrix).all():
+        raise TrainingError(f"{name} factors are not all finite")
+    return matrix
+
+
+class AlsScorer:
+    """Scores items for a user by folding their current interactions into a trained model."""
+
+    def __init__(self, model: PublishedModel) -> None:
+        self.version = model.version
+        self.item_ids = model.item_ids
+        self.index = {item_id: n for n, item_id in enumerate(model.item_ids)}
+        self.item_factors = model.item_factors.astype(np.float64)
+        self.regularization = float(model.params.get("regularization", 0.01))
+        self.alpha = float(model.params.get("alpha", 1.0))
+        half_life = model.params.get("half_life")
+        self.half_life = float(half_life) if half_life is not None else None
+        factors = self.item_factors.shape[1]
+        # YᵀY + λI is shared by every user: compute it once per model.
+        self.gram = self.item_factors.T @ self.item_factors + self.regularization * np.eye(factors)
+
+    def user_vector(
+        self, interactions: Sequence[tuple[str, float, float]], clock: float
+    ) -> NDArray[np.float64] | None:
+        """The least-squares user vector for these interactions (None if none is known)."""
+        known = [
+            (self.index[item], training_value(weight, ts, clock, self.half_life))
+            for item, weight, ts in interactions
+            if item in self.index
+        ]
+        known = [(row, value) for row, value in known if value > 0.0]
+        if not known:
+            return None
+        rows = self.item_factors[[row for row, _ in known]]
+        confidence = self.alpha * np.asarray([value for _, value in known])
+        a = self.gram + (rows * (confidence - 1.0)[:, None]).T @ rows
+        b = rows.T @ confidence
+        return np.asarray(np.linalg.solve(a, b), dtype=np.float64)
+
+    def top_items(self, vector: NDArray[np.floating], n: int) -> dict[str, float]:
+        """The ``n`` best items for a user vector, as item id -> score."""
+        return self.top_items_batch(np.atleast_2d(vector), n)[0]
+
+    def top_items_batch(self, vectors: NDArray[np.floating], n: int) -> list[dict[str, float]]:
+        """Best ``n`` items per row of ``vectors``: one matrix product for the whole batch."""
+        if len(vectors) == 0:
+            return []
+        scores = np.asarray(vectors, dtype=np.float64) @ self.item_factors.T
+        n = min(n, scores.shape[1])
+        best = np.argpartition(-scores, n - 1, axis=1)[:, :n]
+        return [
+            {self.item_ids[i]: float(row_scores[i]) for i in row_best}
+            for row_best, row_scores in zip(best, scores, strict=True)
+        ]

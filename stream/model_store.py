@@ -1,0 +1,72 @@
+"""Model versions in Redis: published whole, switched atomically, loaded without pickles."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from models.serving import PublishedModel, decode_model, encode_model
+from stream.keys import Keys
+
+KIND_ALS = "als"
+KEEP_VERSIONS = 3  # older versions are deleted once a newer one is live
+
+
+class ModelStore:
+    """Publishes and loads model versions; needs a client that does not decode replies."""
+
+    def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
+        self.client = client
+        self.keys = keys
+
+    async def publish(self, model: PublishedModel, kind: str = KIND_ALS) -> None:
+        """Write the version's fields and make it current in one transaction: a reader sees
+        the old version or the new one, never a mix."""
+        key = self.keys.model(model.version)
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.delete(key)
+            pipe.hset(key, mapping=encode_model(model))  # type: ignore[arg-type]
+            pipe.zadd(self.keys.models(), {model.version: time.time()})
+            pipe.set(self.keys.current_model(kind), model.version)
+            await pipe.execute()
+        await self._forget_old_versions(model.version)
+
+    async def _forget_old_versions(self, current: str) -> None:
+        versions = [_text(v) for v in await self.client.zrange(self.keys.models(), 0, -1)]
+        stale = [v for v in versions[:-KEEP_VERSIONS] if v != current]
+        if stale:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.delete(*[self.keys.model(v) for v in stale])
+                pipe.zrem(self.keys.models(), *stale)
+                await pipe.execute()
+
+    async def current_version(self, kind: str = KIND_ALS) -> str | None:
+        raw = await self.client.get(self.keys.current_model(kind))
+        return _text(raw) if raw is not None else None
+
+    async def load(self, version: str, with_users: bool = False) -> PublishedModel | None:
+        """A published version (None if it has been deleted meanwhile)."""
+        fields = ["header", "item_ids", "item_factors"]
+        if with_users:
+            fields += ["user_ids", "user_factors"]
+        values = await self.client.hmget(self.keys.model(version), fields)
+        if any(value is None for value in values):
+            return None
+        found = {name: _bytes(value) for name, value in zip(fields, values, strict=True)}
+        return decode_model(found, with_users=with_users)
+
+    async def load_current(
+        self, kind: str = KIND_ALS, with_users: bool = False
+    ) -> PublishedModel | None:
+        version = await self.current_version(kind)
+        return await self.load(version, with_users) if version else None
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _bytes(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()
