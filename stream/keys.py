@@ -7,7 +7,10 @@ kind: ``profile`` of user ``"a:recs:b"`` is ``ns:profile:a:recs:b``, never ``ns:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+
+_PROBE = "probe"  # any id will do: prefix_of keeps only what a kind puts before it
 
 
 def _require_id(value: str) -> str:
@@ -21,6 +24,11 @@ class Keys:
     """Redis key builder for one namespace."""
 
     ns: str
+
+    def prefix_of(self, key_of: Callable[[str], str]) -> str:
+        """The prefix a key kind puts before the id, for Lua scripts that build many keys of
+        one kind (``keys.prefix_of(keys.neighbours)`` -> ``"ns:sim:"``)."""
+        return key_of(_PROBE).removesuffix(_PROBE)
 
     # Public contract.
     def profile(self, user_id: str) -> str:

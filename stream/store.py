@@ -6,6 +6,7 @@ update is one Lua script, so a crash can never leave half a batch behind.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -99,25 +100,24 @@ class RedisStore:
         """Write users and item deltas atomically; returns users whose version moved (then
         nothing at all was written). ``counts`` = (applied, duplicates) for the stats."""
         keys = self.keys
+        # Documents travel as their own arguments (no JSON inside JSON); the payload names them
+        # by position: user n's state is ARGV[2n + 2], its profile ARGV[2n + 3].
         users = [
-            {
-                "id": r.user_id,
-                "state_key": keys.user_state(r.user_id),
-                "profile_key": keys.profile(r.user_id),
-                "expect": r.version,
-                "state": orjson.dumps(r.state).decode(),
-                "profile": orjson.dumps(r.profile).decode(),
-            }
+            [r.user_id, keys.user_state(r.user_id), keys.profile(r.user_id), r.version]
             for r in records
         ]
-        cooc = [
-            [keys.cooccurrence(i), keys.neighbours(i), i, j, delta]
-            for (i, j), delta in deltas.cooccurrence.items()
-        ]
+        documents: list[bytes] = []
+        for record in records:
+            documents += [orjson.dumps(record.state), orjson.dumps(record.profile)]
+        by_item: dict[str, list[list[Any]]] = defaultdict(list)
+        for (i, j), delta in deltas.cooccurrence.items():
+            by_item[i].append([j, delta])
         payload = {
             "users": users,
             "norms": [[item, delta] for item, delta in deltas.norms.items()],
-            "cooc": cooc,
+            "cooc": [[i, pairs] for i, pairs in by_item.items()],
+            "cooc_prefix": keys.prefix_of(keys.cooccurrence),
+            "sim_prefix": keys.prefix_of(keys.neighbours),
             "pop": self._popularity_updates(deltas, params.popularity_half_life),
             "norms_key": keys.item_norms(),
             "users_key": keys.users(),
@@ -130,7 +130,7 @@ class RedisStore:
             "applied": counts[0],
             "duplicates": counts[1],
         }
-        stale = await self._commit(args=[orjson.dumps(payload)])
+        stale = await self._commit(args=[orjson.dumps(payload), *documents])
         return [str(user_id) for user_id in stale]
 
     def _popularity_updates(self, deltas: ItemDeltas, half_life: float) -> list[list[Any]]:

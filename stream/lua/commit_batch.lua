@@ -1,12 +1,14 @@
 -- Apply one micro-batch of user events atomically.
 --
 -- ARGV[1] is a JSON document built by stream/store.py:
---   users:  [{id, state_key, profile_key, expect, state, profile}]   (expect = version read)
+--   users:  [[id, state_key, profile_key, expect]]   (expect = the version that was read)
 --   norms:  [[item, delta]]                 increments of N[i] = sum_u r[u,i]^2
---   cooc:   [[cooc_key, sim_key, i, j, delta]]   increments of C[i,j]
+--   cooc:   [[i, [[j, delta], ...]]]        increments of C[i,j]
 --   pop:    [[zset_key, item, log_weight]]  log forward-decayed popularity observations
+--   cooc_prefix, sim_prefix                 key prefixes (ids appended) of C and of neighbours
 --   norms_key, users_key, clock_key, clock, cooc_cap, k, shrinkage
---   stats_key, applied, duplicates        counters of events applied and skipped as duplicates
+--   stats_key, applied, duplicates          counters of events applied and skipped as duplicates
+-- ARGV[2n + 2] and ARGV[2n + 3] are user n's new state and profile (JSON), n from 0.
 --
 -- If any user's version moved since it was read (another writer got there first), nothing is
 -- written and the stale user ids are returned, so the caller re-reads and recomputes. Otherwise
@@ -17,42 +19,48 @@ local function num(x) return string.format('%.17g', x) end
 
 local stale = {}
 for _, u in ipairs(p.users) do
-  local version = tonumber(redis.call('HGET', u.state_key, 'v') or '0')
-  if version ~= u.expect then stale[#stale + 1] = u.id end
+  local version = tonumber(redis.call('HGET', u[2], 'v') or '0')
+  if version ~= u[4] then stale[#stale + 1] = u[1] end
 end
 if #stale > 0 then return stale end
 
-for _, u in ipairs(p.users) do
-  redis.call('HSET', u.state_key, 'v', u.expect + 1, 's', u.state)
-  redis.call('SET', u.profile_key, u.profile)
-  redis.call('SADD', p.users_key, u.id)
+for n, u in ipairs(p.users) do
+  redis.call('HSET', u[2], 'v', u[4] + 1, 's', ARGV[2 * n])
+  redis.call('SET', u[3], ARGV[2 * n + 1])
+  redis.call('SADD', p.users_key, u[1])
 end
 
+local norms = {}
 for _, n in ipairs(p.norms) do
-  redis.call('HINCRBYFLOAT', p.norms_key, n[1], num(n[2]))
+  norms[n[1]] = tonumber(redis.call('HINCRBYFLOAT', p.norms_key, n[1], num(n[2])))
+end
+local function norm_of(item)
+  local value = norms[item]
+  if value == nil then
+    value = tonumber(redis.call('HGET', p.norms_key, item) or '0')
+    norms[item] = value
+  end
+  return value
 end
 
 -- Co-occurrence, and the similarity of each pair it touched. sim:i stores
 -- C[i,j] / sqrt(N[j]) * C / (C + shrinkage): the cosine times sqrt(N[i]), a factor common to
 -- all of i's neighbours, so i's ranking needs no rewrite when N[i] changes.
-local trim_cooc, trim_sim = {}, {}
-for _, c in ipairs(p.cooc) do
-  local count = tonumber(redis.call('ZINCRBY', c[1], num(c[5]), c[4]))
-  local norm = tonumber(redis.call('HGET', p.norms_key, c[4]) or '0')
-  if norm > 0 and count > 0 then
-    local partial = count / math.sqrt(norm) * count / (count + p.shrinkage)
-    redis.call('ZADD', c[2], num(partial), c[4])
+for _, entry in ipairs(p.cooc) do
+  local cooc_key = p.cooc_prefix .. entry[1]
+  local sim_key = p.sim_prefix .. entry[1]
+  for _, pair in ipairs(entry[2]) do
+    local count = tonumber(redis.call('ZINCRBY', cooc_key, num(pair[2]), pair[1]))
+    local norm = norm_of(pair[1])
+    if norm > 0 and count > 0 then
+      local partial = count / math.sqrt(norm) * count / (count + p.shrinkage)
+      redis.call('ZADD', sim_key, num(partial), pair[1])
+    end
   end
-  trim_cooc[c[1]] = true
-  trim_sim[c[2]] = true
-end
-for key in pairs(trim_cooc) do
-  local size = redis.call('ZCARD', key)
-  if size > p.cooc_cap then redis.call('ZREMRANGEBYRANK', key, 0, size - p.cooc_cap - 1) end
-end
-for key in pairs(trim_sim) do
-  local size = redis.call('ZCARD', key)
-  if size > p.k then redis.call('ZREMRANGEBYRANK', key, 0, size - p.k - 1) end
+  local size = redis.call('ZCARD', cooc_key)
+  if size > p.cooc_cap then redis.call('ZREMRANGEBYRANK', cooc_key, 0, size - p.cooc_cap - 1) end
+  size = redis.call('ZCARD', sim_key)
+  if size > p.k then redis.call('ZREMRANGEBYRANK', sim_key, 0, size - p.k - 1) end
 end
 
 for _, e in ipairs(p.pop) do
