@@ -124,10 +124,12 @@ def _write_atomically(target: Path, data: bytes) -> None:
         raise
 
 
-def load_ratings(path_dir: Path) -> list[Rating]:
+def load_ratings(path_dir: Path, file_order: bool = False) -> list[Rating]:
     """Every rating in ``ml-100k.inter``, ordered by (ts, user_id, item_id).
 
-    The order is total, so replays and splits built on it are deterministic.
+    The order is total, so replays built on it are deterministic. ``file_order=True`` keeps the
+    file's order instead (that of MovieLens' ``u.data``), which the Microsoft Recommenders
+    split draws its random numbers in: evaluations use it to get their split row for row.
     """
     path = path_dir / INTER_FILE
     ratings = [
@@ -136,7 +138,8 @@ def load_ratings(path_dir: Path) -> list[Rating]:
             path, ["user_id:token", "item_id:token", "rating:float", "timestamp:float"]
         )
     ]
-    ratings.sort(key=lambda r: (r.ts, r.user_id, r.item_id))
+    if not file_order:
+        ratings.sort(key=lambda r: (r.ts, r.user_id, r.item_id))
     return ratings
 
 
