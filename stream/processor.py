@@ -138,13 +138,19 @@ class Processor:
                 outcome.dead_letters.append(dead_letter(raw, str(exc)))
         return events
 
-    async def process_user_events(self, raw_events: Sequence[RawEvent]) -> BatchOutcome:
+    async def process_user_events(
+        self, raw_events: Sequence[RawEvent], refresh: bool = True
+    ) -> BatchOutcome:
+        """Apply a batch and (unless ``refresh`` is False: evaluation baselines only) recompute
+        its users' recommendations."""
         outcome = BatchOutcome()
         events = self.decode_user_events(raw_events, outcome)
         if not events:
             return outcome
         await self.follow_model()
         records = await self._apply(events, outcome)
+        if not refresh:
+            return outcome
         clock = max(event.ts for event in events)
         # Every user of the batch is refreshed, duplicates-only users too: if a previous
         # attempt stored the events but died before the refresh, this one catches up.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -76,8 +77,11 @@ def holdout_hit_rate(scorer: AlsScorer, holdout: Holdout, clock: float) -> float
 class Retrainer:
     """One namespace's retraining, against its Redis (and Kafka for publishing recs)."""
 
-    def __init__(self, settings: Settings, show_progress: bool = False) -> None:
+    def __init__(
+        self, settings: Settings, show_progress: bool = False, publish_to_kafka: bool = True
+    ) -> None:
         self.settings = settings
+        self.publish_to_kafka = publish_to_kafka
         self.keys = Keys(settings.namespace)
         self.store = RedisStore(connect(settings.redis_dsn), self.keys)
         self.models = ModelStore(connect(settings.redis_dsn, decode=False), self.keys)
@@ -169,7 +173,12 @@ class Retrainer:
         rows = {user: n for n, user in enumerate(model.user_ids)}
         refreshed = 0
         topic = Topics(self.settings.namespace).recommendations
-        async with Publisher(self.settings.kafka_bootstrap) as publisher:
+        async with AsyncExitStack() as stack:
+            publisher = (
+                await stack.enter_async_context(Publisher(self.settings.kafka_bootstrap))
+                if self.publish_to_kafka
+                else None
+            )
             async for users in self.store.user_chunks(REFRESH_CHUNK):
                 records, _ = await self.store.load_users(users, [])
                 vectors: dict[str, NDArray[np.floating]] = {
@@ -178,8 +187,9 @@ class Retrainer:
                 documents = await processor.refresh_recommendations(
                     list(records.values()), clock, vectors
                 )
-                await publisher.send_many(
-                    topic, [(d["user_id"].encode(), encode(d)) for d in documents]
-                )
+                if publisher is not None:
+                    await publisher.send_many(
+                        topic, [(d["user_id"].encode(), encode(d)) for d in documents]
+                    )
                 refreshed += len(documents)
         return refreshed
