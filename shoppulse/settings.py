@@ -30,7 +30,9 @@ _NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 class Settings(BaseSettings):
     """Every setting ShopPulse reads, with its default. Frozen: read once, passed around."""
 
-    model_config = SettingsConfigDict(env_prefix="SHOPPULSE_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="SHOPPULSE_", frozen=True, extra="ignore", env_parse_none_str="none"
+    )
 
     # Where things live.
     kafka_bootstrap: str = Field(
@@ -107,7 +109,7 @@ class Settings(BaseSettings):
     als_iterations: int = Field(15, ge=1, le=200, description="ALS sweeps per training.")
     als_alpha: float = Field(5.0, gt=0, description="ALS confidence per unit of interaction.")
     training_half_life_days: float | None = Field(
-        None, gt=0, description="Decay of interactions in training; unset for none."
+        180.0, gt=0, description='Decay of interactions in training ("none": none).'
     )
     holdout_users: int = Field(
         1000, ge=0, description="Users whose latest interaction checks a new model."
