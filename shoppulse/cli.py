@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -439,23 +438,9 @@ def _start(factory: Any) -> Any:
 def worker_process(env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
     """The stream worker as a child process, logging to a file."""
     log_path = Path(".shoppulse") / "worker.log"
-    log_path.parent.mkdir(exist_ok=True)
-    with open(log_path, "ab") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "shoppulse", "worker"],
-            env={**os.environ, **env},
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    console.print(f"Worker: started (pid {process.pid}, log {log_path})")
-    try:
+    with localstack.worker_process(env, log_path) as process:
+        console.print(f"Worker: started (pid {process.pid}, log {log_path})")
         yield process
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 async def events_seen(settings: Settings) -> int:

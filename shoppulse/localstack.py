@@ -13,10 +13,12 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -336,3 +338,27 @@ class RedisServer(_ChildServer):
 
     def _ready(self, timeout: float) -> bool:
         return redis_reachable(self.url, timeout=timeout)
+
+
+@contextmanager
+def worker_process(
+    env: Mapping[str, str], log_path: Path, loglevel: str = "info"
+) -> Iterator[subprocess.Popen[bytes]]:
+    """A ``shoppulse worker`` child process with ``env`` added to ours, logging to a file;
+    stopped (SIGTERM, then SIGKILL after 30 s) on exit."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "shoppulse", "worker", "--loglevel", loglevel],
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()

@@ -9,9 +9,7 @@ positive, top-10, training items removed — the service never recommends a user
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
-import sys
 import time
 import uuid
 from collections import defaultdict
@@ -108,26 +106,6 @@ def broker_for(settings: Settings) -> Iterator[str]:
         yield broker.bootstrap
 
 
-@contextmanager
-def worker(settings: Settings, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "shoppulse", "worker", "--loglevel", "warning"],
-            env={**os.environ, **settings_env(settings)},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        yield process
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-
-
 async def publish_training(settings: Settings, data_dir: Path, train: list[Rating]) -> None:
     events = movielens_events(train, load_movies(data_dir))
     topics = Topics(settings.namespace)
@@ -169,7 +147,8 @@ async def run_live(base: Settings, data_dir: Path, console: Console, log_dir: Pa
         settings = evaluation_settings(base, namespace, bootstrap)
         store = RedisStore(connect(settings.redis_dsn), Keys(namespace))
         try:
-            with worker(settings, log_dir / f"worker-{namespace}.log") as process:
+            log_path = log_dir / f"worker-{namespace}.log"
+            with localstack.worker_process(settings_env(settings), log_path, "warning") as process:
                 started = time.monotonic()
                 with console.status(f"publishing {len(train):,} training ratings through Kafka"):
                     await publish_training(settings, data_dir, train)
