@@ -251,6 +251,73 @@ def _run_sync(function: Any) -> Any:
         fail(str(exc))
 
 
+# -- status -------------------------------------------------------------------------------------
+@cli.command()
+def status() -> None:
+    """Is everything up? Broker and Redis, consumer lag, model versions, event counts."""
+    settings = load_settings()
+    table = Table(title=f"ShopPulse · namespace {settings.namespace}", show_header=False)
+    table.add_column("what")
+    table.add_column("state")
+    redis_up = localstack.redis_reachable(settings.redis_dsn)
+    kafka_up = localstack.kafka_reachable(settings.kafka_bootstrap)
+    table.add_row("Redis", _up(redis_up, _safe_url(settings.redis_dsn)))
+    table.add_row("Kafka", _up(kafka_up, settings.kafka_bootstrap))
+    if kafka_up:
+        from aiokafka.errors import KafkaError
+
+        from shoppulse.kafka import consumer_lag
+
+        topics = Topics(settings.namespace)
+        try:
+            lag = asyncio.run(
+                consumer_lag(settings.kafka_bootstrap, settings.namespace, input_topics(topics))
+            )
+        except KafkaError as exc:
+            table.add_row("lag", f"[yellow]unavailable[/] ({exc})")
+        else:
+            for topic, behind in lag.items():
+                table.add_row(f"lag {topic}", f"{behind:,} events")
+    if redis_up:
+        for name, value in _redis_status(settings).items():
+            table.add_row(name, value)
+    console.print(table)
+    if not (redis_up and kafka_up):
+        raise typer.Exit(1)
+
+
+def _up(up: bool, where: str) -> str:
+    return f"[green]reachable[/] {where}" if up else f"[red]unreachable[/] {where}"
+
+
+def _redis_status(settings: Settings) -> dict[str, str]:
+    import redis
+
+    keys = Keys(settings.namespace)
+    client = redis.Redis.from_url(settings.redis_dsn, decode_responses=True)
+    try:
+        stats = client.hgetall(keys.stats())
+        clock = client.get(keys.clock())
+        current = client.get(keys.current_model("als"))
+        version = str(current) if current is not None else None
+        published = client.zscore(keys.models(), version) if version else None
+        users = client.scard(keys.users())
+    finally:
+        client.close()
+    age = f" (published {time.time() - float(published):,.0f}s ago)" if published else ""
+    return {
+        "events applied": f"{int(stats.get('applied', 0)):,}",
+        "duplicates skipped": f"{int(stats.get('duplicates', 0)):,}",
+        "users": f"{int(users):,}",
+        "clock (event time)": _utc(float(clock)) if clock else "-",
+        "ALS model": f"{version}{age}" if version else "none yet (run shoppulse retrain)",
+    }
+
+
+def _utc(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
+
+
 # -- reading state -----------------------------------------------------------------------------
 def _read_json(settings: Settings, key: str) -> Any:
     import redis

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
@@ -119,5 +119,33 @@ async def follow(
                         yield orjson.loads(record.value)
                     except orjson.JSONDecodeError as exc:
                         raise ShopPulseError(f"{topic} holds a non-JSON message: {exc}") from exc
+    finally:
+        await consumer.stop()
+
+
+async def consumer_lag(bootstrap: str, group: str, topics: Iterable[str]) -> dict[str, int]:
+    """Per topic: end offsets minus the group's committed offsets, summed over partitions.
+
+    The development broker can under-report end offsets for logs written in batches, so the
+    lag it yields may look negative; it is clamped at 0 per partition."""
+    # A consumer that never subscribes only reads the group's offsets; it does not join it.
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        await consumer.topics()  # fetches metadata for every topic
+        lag: dict[str, int] = {}
+        for topic in topics:
+            partitions = [
+                TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())
+            ]
+            ends = await consumer.end_offsets(partitions) if partitions else {}
+            behind = 0
+            for partition, end in ends.items():
+                committed = await consumer.committed(partition)
+                behind += max(0, end - (committed or 0))
+            lag[topic] = behind
+        return lag
     finally:
         await consumer.stop()

@@ -22,7 +22,7 @@ def fresh_settings(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_every_command_has_help() -> None:
     result = runner.invoke(cli, ["--help"])
     assert result.exit_code == 0
-    for command in ("dev", "worker", "replay", "recs", "profile"):
+    for command in ("dev", "worker", "replay", "retrain", "evaluate", "status", "recs", "profile"):
         assert command in result.output
         sub = runner.invoke(cli, [command, "--help"])
         assert sub.exit_code == 0, sub.output
@@ -61,6 +61,22 @@ def test_an_unknown_dataset_is_refused_with_the_choices() -> None:
     result = runner.invoke(cli, ["replay", "netflix"])
     assert result.exit_code == 2
     assert "movielens-100k" in result.output
+
+
+def test_status_reports_an_unreachable_broker_without_a_traceback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SHOPPULSE_KAFKA_BOOTSTRAP", f"127.0.0.1:{free_port()}")
+    result = runner.invoke(cli, ["status"])
+    assert result.exit_code == 1
+    assert "unreachable" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_bad_retrain_interval_is_refused() -> None:
+    result = runner.invoke(cli, ["retrain", "--every", "soon"])
+    assert result.exit_code == 2
+    assert "duration" in result.output
 
 
 def test_a_negative_rate_is_refused() -> None:
