@@ -64,11 +64,21 @@ def decode_model(
         header = orjson.loads(get["header"])
         item_ids = [str(i) for i in orjson.loads(get["item_ids"])]
         user_ids = [str(u) for u in orjson.loads(get["user_ids"])] if with_users else []
-    except (KeyError, orjson.JSONDecodeError) as exc:
+    except (KeyError, TypeError, orjson.JSONDecodeError) as exc:
         raise TrainingError(f"model fields are incomplete or not JSON: {exc}") from exc
+    if not isinstance(header, dict):
+        raise TrainingError("model header is not a JSON object")
     if header.get("format") != FORMAT:
         raise TrainingError(f"unknown model format {header.get('format')!r}")
-    factors = int(header["factors"])
+    missing = [name for name in ("version", "factors", "params") if name not in header]
+    if missing:
+        raise TrainingError(f"model header lacks {missing}")
+    if not isinstance(header["params"], dict):
+        raise TrainingError("model params are not a JSON object")
+    try:
+        factors = int(header["factors"])
+    except (TypeError, ValueError) as exc:
+        raise TrainingError(f"model factors is not a number: {header['factors']!r}") from exc
     item_factors = _matrix(get.get("item_factors", b""), len(item_ids), factors, "item")
     user_factors = (
         _matrix(get.get("user_factors", b""), len(user_ids), factors, "user")
@@ -109,12 +119,14 @@ class AlsScorer:
         self, interactions: Sequence[tuple[str, float, float]], clock: float
     ) -> NDArray[np.float64] | None:
         """The least-squares user vector for these interactions (None if none is known)."""
-        known = [
-            (self.index[item], training_value(weight, ts, clock, self.half_life))
-            for item, weight, ts in interactions
-            if item in self.index
-        ]
-        known = [(row, value) for row, value in known if value > 0.0]
+        # Summed per item first, as build_matrix does for training: no train/serve skew.
+        values: dict[int, float] = {}
+        for item, weight, ts in interactions:
+            row = self.index.get(item)
+            if row is not None:
+                value = training_value(weight, ts, clock, self.half_life)
+                values[row] = values.get(row, 0.0) + value
+        known = [(row, value) for row, value in values.items() if value > 0.0]
         if not known:
             return None
         rows = self.item_factors[[row for row, _ in known]]

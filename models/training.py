@@ -49,7 +49,8 @@ def build_matrix(
     data: list[float] = []
     for row, user_id in enumerate(user_ids):
         for item_id, weight, ts in interactions[user_id]:
-            value = training_value(weight, ts, clock, half_life)
+            # Judged in float32, the matrix's type: a value that underflows it is a zero.
+            value = float(np.float32(training_value(weight, ts, clock, half_life)))
             if value <= 0.0:
                 continue
             rows.append(row)
@@ -86,8 +87,9 @@ def hold_out_latest(
     for user_id, items in interactions.items():
         ordered = sorted(items, key=lambda entry: (-entry[2], entry[0]))
         if user_id in chosen:
-            held_out[user_id] = ordered[0][0]
-            train[user_id] = ordered[1:]
+            answer = ordered[0][0]
+            held_out[user_id] = answer
+            train[user_id] = [entry for entry in ordered if entry[0] != answer]
         else:
             train[user_id] = list(ordered)
     return Holdout(train, held_out)

@@ -220,22 +220,15 @@ def test_decode_rejects_fields_that_are_not_json(model: PublishedModel) -> None:
             decode_model(dict(fields, **{name: b"\x80\x04K\x01."}))  # a pickle of 1
 
 
-_HEADER_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="BUG: decode_model lets KeyError/AttributeError escape instead of TrainingError "
-    "when the header lacks a key or is not a JSON object",
-)
-
-
 @pytest.mark.parametrize(
     "header_change",
     [
         pytest.param({"drop": "format"}, id="no-format"),
-        pytest.param({"drop": "factors"}, id="no-factors", marks=_HEADER_BUG),
-        pytest.param({"drop": "version"}, id="no-version", marks=_HEADER_BUG),
-        pytest.param({"drop": "params"}, id="no-params", marks=_HEADER_BUG),
-        pytest.param({"raw": b"[]"}, id="header-is-a-list", marks=_HEADER_BUG),
-        pytest.param({"raw": b"null"}, id="header-is-null", marks=_HEADER_BUG),
+        pytest.param({"drop": "factors"}, id="no-factors"),
+        pytest.param({"drop": "version"}, id="no-version"),
+        pytest.param({"drop": "params"}, id="no-params"),
+        pytest.param({"raw": b"[]"}, id="header-is-a-list"),
+        pytest.param({"raw": b"null"}, id="header-is-null"),
     ],
 )
 def test_decode_rejects_incomplete_headers(
@@ -400,12 +393,6 @@ def test_scorer_defaults_when_params_are_missing() -> None:
     np.testing.assert_allclose(got, _dense_solve(y, {3: 2.0}, 0.01, 1.0), rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: AlsScorer.user_vector applies (c - 1) per entry for a repeated item, while "
-    "build_matrix and fold_in_user sum the values first (train/serve skew); latent, the "
-    "stream keeps one entry per item",
-)
 def test_user_vector_sums_a_repeated_item_like_training_does() -> None:
     scorer = _scorer(_random_y())
     twice = scorer.user_vector([("item2", 1.0, 0.0), ("item2", 2.0, 0.0)], 0.0)

@@ -112,11 +112,6 @@ def test_build_matrix_of_nothing_is_empty() -> None:
     assert users_only.values.shape == (2, 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a decayed value that is positive in float64 but underflows float32 is kept as "
-    "an explicit 0 entry (and gets a column) instead of being dropped like other zeros",
-)
 def test_build_matrix_stores_no_explicit_zeros_after_float32_underflow() -> None:
     # 1.0 decayed over 1000 half-lives = 2**-1000 ~ 9e-302: > 0 in float64, 0 in float32.
     interactions = {"u1": [("old", 1.0, 0.0), ("new", 1.0, 10_000.0)]}
@@ -206,12 +201,6 @@ def test_hold_out_latest_is_deterministic_for_a_seed() -> None:
     assert len(choices) > 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: with the held-back item listed twice for a user, its older entry stays in "
-    "train, so the model is trained on the answer (docstring: 'stays out of training "
-    "entirely'); latent, the stream keeps one entry per item",
-)
 def test_hold_out_latest_removes_every_entry_of_the_held_item() -> None:
     interactions = {"u1": [("a", 1.0, 10.0), ("b", 1.0, 5.0), ("a", 2.0, 1.0)]}
     holdout = hold_out_latest(interactions, max_users=1)
