@@ -73,12 +73,13 @@ from rich.console import Console
 from rich.table import Table
 
 from shoppulse import localstack
-from shoppulse.bench_bare import PROBE_USER_PREFIX, bare_namespace, faust_datadir
+from shoppulse.bench_bare import PROBE_USER_PREFIX, bare_namespace
 from shoppulse.errors import ShopPulseError
 from shoppulse.kafka import ensure_topics
 from shoppulse.settings import Settings
 from stream.keys import Keys, Topics
 from stream.store import connect
+from stream.transport import faust_datadir
 
 REPORT_SCHEMA = "shoppulse.bench/1"
 DAY = 86_400.0

@@ -26,9 +26,7 @@ Run as a child process by the bench, with the settings in ``SHOPPULSE_*`` variab
 
 from __future__ import annotations
 
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import faust
@@ -37,6 +35,7 @@ import orjson
 from shoppulse.settings import Settings, get_settings
 from stream.keys import Keys, Topics
 from stream.store import connect
+from stream.transport import faust_app
 
 BARE_SUFFIX = "-bare"
 PROBE_USER_PREFIX = "probe-"
@@ -47,34 +46,12 @@ def bare_namespace(namespace: str) -> str:
     return f"{namespace}{BARE_SUFFIX}"
 
 
-def faust_datadir(app_id: str) -> Path:
-    """Where Faust keeps its (empty: no tables) data folder for ``app_id``; the same pattern
-    as ``stream.app.create_app``, so the bench can remove both workers' folders."""
-    return Path(tempfile.gettempdir()) / f"shoppulse-faust-{app_id}"
-
-
 def create_bare_app(settings: Settings) -> faust.App:
     """A Faust app with the ShopPulse worker's options (see ``stream.app.create_app``; keep the
     two in step) whose only agent decodes the user events' JSON."""
     app_id = bare_namespace(settings.namespace)
     topics = Topics(settings.namespace)
-    app = faust.App(
-        app_id,
-        broker=[f"kafka://{host.strip()}" for host in settings.kafka_bootstrap.split(",")],
-        store="memory://",
-        datadir=str(faust_datadir(app_id)),
-        topic_partitions=settings.partitions,
-        topic_replication_factor=1,
-        consumer_auto_offset_reset="earliest",
-        broker_rebalance_timeout=settings.kafka_rebalance_timeout,
-        broker_session_timeout=max(settings.kafka_rebalance_timeout, 10.0),
-        broker_heartbeat_interval=1.0,
-        web_enabled=settings.web_enabled,
-        web_port=settings.web_port,
-        web_bind="0.0.0.0",
-        key_serializer="raw",
-        value_serializer="raw",
-    )
+    app = faust_app(app_id, settings)
     user_events = app.topic(topics.clicks, topics.orders, key_type=bytes, value_type=bytes)
     keys = Keys(bare_namespace(settings.namespace))
     stats_key = keys.stats()

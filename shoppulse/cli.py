@@ -251,6 +251,27 @@ def _run_sync(function: Any) -> Any:
         fail(str(exc))
 
 
+# -- bench --------------------------------------------------------------------------------------
+@cli.command()
+def bench(
+    quick: Annotated[
+        bool, typer.Option(help="A smaller load for checking a change (under a minute).")
+    ] = False,
+    out: Annotated[Path, typer.Option(help="Where to write the figures as JSON.")] = Path(
+        "artifacts/bench.json"
+    ),
+) -> None:
+    """Drain rate of a bare Faust worker and of the ShopPulse worker side by side,
+    click-to-recommendation latency at 50% and 80% load, memory and CPU per event."""
+    from shoppulse.bench import run_bench
+
+    settings = load_settings()
+    try:
+        run_bench(settings, quick, out, console)
+    except ShopPulseError as exc:
+        fail(str(exc))
+
+
 # -- status -------------------------------------------------------------------------------------
 @cli.command()
 def status() -> None:

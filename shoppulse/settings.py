@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     web_enabled: bool = Field(True, description="Serve the worker's web endpoints.")
     kafka_rebalance_timeout: float = Field(
         10.0, gt=0, description="Seconds a consumer-group rebalance may take."
+    )
+    kafka_fetch_max_wait_ms: int = Field(
+        100, ge=1, le=30_000, description="Longest a consumer fetch waits for new events."
     )
 
     # Stream batching.
@@ -115,6 +118,34 @@ class Settings(BaseSettings):
         1000, ge=0, description="Users whose latest interaction checks a new model."
     )
 
+    # Churn risk, segments and lifetime value (workers/churn_train.py, stream/churn.py).
+    churn_horizon_days: float = Field(
+        90.0, gt=0, description="Churn = no placed order within this many days."
+    )
+    churn_alert_threshold: float = Field(
+        0.7, gt=0, le=1, description="Alert when a customer's churn risk crosses this upward."
+    )
+    churn_alert_margin: float = Field(
+        0.1, ge=0, lt=1, description="Re-arm an alert once the risk falls below threshold - margin."
+    )
+    churn_alert_cooldown_days: float = Field(
+        30.0, ge=0, description="No second alert for a customer within this many days (event time)."
+    )
+    churn_alert_on_first_score: bool = Field(
+        True, description="A customer already above the threshold when first scored is alerted."
+    )
+    churn_orders_cap: int = Field(100, ge=1, description="Order events kept per user for churn.")
+    churn_click_days_cap: int = Field(
+        180, ge=1, description="Days with clickstream activity kept per user for churn."
+    )
+    churn_training_cutoffs: int = Field(
+        6, ge=1, le=60, description="Past cutoffs the churn model learns from."
+    )
+    churn_cutoff_spacing_days: float = Field(
+        30.0, gt=0, description="Days between those training cutoffs."
+    )
+    segments: int = Field(5, ge=2, le=8, description="Customer segments (K-means on RFM).")
+
     @field_validator("namespace")
     @classmethod
     def _namespace_is_safe(cls, value: str) -> str:
@@ -129,6 +160,12 @@ class Settings(BaseSettings):
         if negative:
             raise ValueError(f"weights must be >= 0, got negative for {negative}")
         return value
+
+    @model_validator(mode="after")
+    def _alert_margin_below_threshold(self) -> Settings:
+        if self.churn_alert_margin >= self.churn_alert_threshold:
+            raise ValueError("churn_alert_margin must be below churn_alert_threshold")
+        return self
 
     @property
     def batch_window(self) -> float:

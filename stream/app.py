@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import tempfile
 from collections.abc import Awaitable, Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import faust
@@ -26,6 +24,7 @@ from stream.keys import Keys, Topics
 from stream.model_store import ModelStore
 from stream.processor import BatchOutcome, Processor, RawEvent, dead_letter
 from stream.store import RedisStore, connect
+from stream.transport import faust_app
 
 log = logging.getLogger(__name__)
 
@@ -77,25 +76,7 @@ async def isolate_failures(
 def create_app(settings: Settings) -> faust.App:
     """Build the Faust app for one namespace (the app id, and so the consumer group)."""
     topics = Topics(settings.namespace)
-    app = faust.App(
-        settings.namespace,
-        broker=[f"kafka://{host.strip()}" for host in settings.kafka_bootstrap.split(",")],
-        store="memory://",
-        # Faust keeps table data on disk; ShopPulse keeps all state in Redis, so keep Faust's
-        # (empty) data folder out of the working directory.
-        datadir=str(Path(tempfile.gettempdir()) / "shoppulse-faust-{conf.name}"),
-        topic_partitions=settings.partitions,
-        topic_replication_factor=1,
-        consumer_auto_offset_reset="earliest",
-        broker_rebalance_timeout=settings.kafka_rebalance_timeout,
-        broker_session_timeout=max(settings.kafka_rebalance_timeout, 10.0),
-        broker_heartbeat_interval=1.0,
-        web_enabled=settings.web_enabled,
-        web_port=settings.web_port,
-        web_bind="0.0.0.0",
-        key_serializer="raw",
-        value_serializer="raw",
-    )
+    app = faust_app(settings.namespace, settings)
     user_events = app.topic(topics.clicks, topics.orders, key_type=bytes, value_type=bytes)
     catalog_events = app.topic(topics.catalog, key_type=bytes, value_type=bytes)
     recommendations = app.topic(topics.recommendations, key_type=bytes, value_type=bytes)
