@@ -50,6 +50,7 @@ class Interaction:
     item_id: str
     kind: str
     ts: float
+    session_id: str | None = None  # sessions count as engagement in churn features
 
 
 @dataclass(frozen=True, slots=True)

@@ -111,12 +111,14 @@ def retrain(
     ] = None,
 ) -> None:
     """Train ALS on the live interactions, publish it if it beats the serving model, and
-    recompute every user's recommendations with it."""
+    recompute every user's recommendations with it; train the churn model and segments on the
+    order and click histories, publish them and re-score every customer."""
     interval = parse_duration(every) if every is not None else None
     settings = load_settings()
     require_services(settings)
     while True:
         ok = _retrain_once(settings)
+        ok = _retrain_churn(settings) and ok
         if interval is None:
             if not ok:
                 raise typer.Exit(1)
@@ -146,6 +148,35 @@ def _retrain_once(settings: Settings) -> bool:
     table.add_column("field")
     table.add_column("value")
     for name, value in result.as_dict().items():
+        table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
+    console.print(table)
+    return True
+
+
+def _retrain_churn(settings: Settings) -> bool:
+    """One churn + segments training; a history too short to learn from is reported, not an
+    error (the serving version, or none, stays)."""
+    from workers.churn_train import ChurnTrainer
+
+    async def run() -> Any:
+        trainer = ChurnTrainer(settings)
+        try:
+            return await trainer.run_once()
+        finally:
+            await trainer.close()
+
+    result = _run(run())
+    if not result.published:
+        console.print(f"[yellow]churn model not trained:[/] {result.reason}; the serving one stays")
+        return True
+    table = Table(title="churn and segments")
+    table.add_column("field")
+    table.add_column("value")
+    for name, value in result.as_dict().items():
+        if name == "cutoffs":
+            value = ", ".join(_utc(c)[:10] for c in value)
+        elif isinstance(value, dict):
+            value = "  ".join(f"{k} {v:.4f}" for k, v in value.items())
         table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
     console.print(table)
     return True

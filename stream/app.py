@@ -68,6 +68,7 @@ async def isolate_failures(
             outcome = BatchOutcome(dead_letters=[dead_letter(raw, f"internal error: {exc!r}")])
         total.recommendations += outcome.recommendations
         total.dead_letters += outcome.dead_letters
+        total.alerts += outcome.alerts
         total.applied += outcome.applied
         total.duplicates += outcome.duplicates
     return total
@@ -81,6 +82,7 @@ def create_app(settings: Settings) -> faust.App:
     catalog_events = app.topic(topics.catalog, key_type=bytes, value_type=bytes)
     recommendations = app.topic(topics.recommendations, key_type=bytes, value_type=bytes)
     deadletters = app.topic(topics.deadletter, key_type=bytes, value_type=bytes)
+    churn_alerts = app.topic(topics.churn_alerts, key_type=bytes, value_type=bytes)
     state: dict[str, Processor] = {}
 
     def processor() -> Processor:
@@ -99,6 +101,8 @@ def create_app(settings: Settings) -> faust.App:
             )
         for document in outcome.dead_letters:
             await deadletters.send(value=orjson.dumps(document))
+        for alert in outcome.alerts:
+            await churn_alerts.send(key=alert["user_id"].encode(), value=orjson.dumps(alert))
 
     @app.agent(user_events, name="user-events")
     async def process_user_events(stream: Any) -> None:

@@ -134,7 +134,9 @@ def _validate(model: type[_Strict], raw: bytes) -> Any:
 
 def decode_click(raw: bytes) -> Interaction:
     click: ClickIn = _validate(ClickIn, raw)
-    return Interaction(click.event_id, click.user_id, click.item_id, click.type, click.ts)
+    return Interaction(
+        click.event_id, click.user_id, click.item_id, click.type, click.ts, click.session_id
+    )
 
 
 def decode_order(raw: bytes) -> Order:

@@ -96,6 +96,24 @@ class Keys:
         """Every known user id (set); retraining and re-scoring walk it."""
         return f"{self.ns}:users"
 
+    # Churn risk (read by the dashboard: keep these two names).
+    def risk(self) -> str:
+        """Every scored customer by current churn risk (sorted set, user -> risk)."""
+        return f"{self.ns}:risk"
+
+    def alerts(self) -> str:
+        """The most recent churn alerts, newest first (list of JSON documents, capped)."""
+        return f"{self.ns}:alerts"
+
+    def churn_models(self) -> str:
+        """Published churn/segment model versions by publication time (sorted set)."""
+        return f"{self.ns}:churnmodels"
+
+    def rescore_marker(self, token: str) -> str:
+        """Claimed by the one worker that re-scores everyone for ``token`` (a day or a model
+        version): SET NX, with an expiry."""
+        return f"{self.ns}:rescore:{_require_id(token)}"
+
 
 @dataclass(frozen=True, slots=True)
 class Topics:

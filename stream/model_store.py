@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 
+from models.churn import ChurnModel, decode_churn_model, encode_churn_model
+from models.segments import SegmentModel, decode_segment_model, encode_segment_model
 from models.serving import PublishedModel, decode_model, encode_model
 from stream.keys import Keys
 
@@ -70,3 +73,65 @@ def _text(value: Any) -> str:
 
 def _bytes(value: Any) -> bytes:
     return value if isinstance(value, bytes) else str(value).encode()
+
+
+# -- churn and segments ---------------------------------------------------------------------------
+
+KIND_CHURN = "churn"
+
+
+@dataclass(frozen=True, slots=True)
+class ChurnModels:
+    """One published churn version: the churn model and (if one could be fitted) segments."""
+
+    version: str
+    churn: ChurnModel
+    segments: SegmentModel | None
+
+
+class ChurnModelStore:
+    """Churn versions as JSON documents in a hash (``{ns}:model:{version}``: ``kind``,
+    ``churn``, ``segments``), switched with ``{ns}:current:churn`` in one transaction."""
+
+    def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
+        self.client = client
+        self.keys = keys
+
+    async def publish(self, models: ChurnModels) -> None:
+        fields = {"kind": KIND_CHURN, "churn": encode_churn_model(models.churn)}
+        if models.segments is not None:
+            fields["segments"] = encode_segment_model(models.segments)
+        key = self.keys.model(models.version)
+        async with self.client.pipeline(transaction=True) as pipe:
+            pipe.delete(key)
+            pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+            pipe.zadd(self.keys.churn_models(), {models.version: time.time()})
+            pipe.set(self.keys.current_model(KIND_CHURN), models.version)
+            await pipe.execute()
+        versions = [_text(v) for v in await self.client.zrange(self.keys.churn_models(), 0, -1)]
+        stale = [v for v in versions[:-KEEP_VERSIONS] if v != models.version]
+        if stale:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.delete(*[self.keys.model(v) for v in stale])
+                pipe.zrem(self.keys.churn_models(), *stale)
+                await pipe.execute()
+
+    async def current_version(self) -> str | None:
+        raw = await self.client.get(self.keys.current_model(KIND_CHURN))
+        return _text(raw) if raw is not None else None
+
+    async def load(self, version: str) -> ChurnModels | None:
+        """A published version (None if it has been deleted meanwhile); ChurnModelError or
+        SegmentModelError if what is stored is not a valid model."""
+        churn, segments = await self.client.hmget(self.keys.model(version), ["churn", "segments"])
+        if churn is None:
+            return None
+        return ChurnModels(
+            version,
+            decode_churn_model(_bytes(churn)),
+            decode_segment_model(_bytes(segments)) if segments is not None else None,
+        )
+
+    async def load_current(self) -> ChurnModels | None:
+        version = await self.current_version()
+        return await self.load(version) if version else None

@@ -23,6 +23,7 @@ from models.recommend import blend, category_scores, itemknn_scores, log_scores_
 from models.serving import AlsScorer, PublishedModel
 from shoppulse.errors import InvalidEvent, StoreError
 from shoppulse.settings import Settings
+from stream.churn import BatchHistories, ChurnService, changes_history
 from stream.events import CatalogIn, decode_catalog, decode_click, decode_order
 from stream.keys import Topics
 from stream.model_store import ModelStore
@@ -54,6 +55,7 @@ class BatchOutcome:
 
     recommendations: list[dict[str, Any]] = field(default_factory=list)
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
+    alerts: list[dict[str, Any]] = field(default_factory=list)  # churn alerts (stream/churn.py)
     applied: int = 0
     duplicates: int = 0
 
@@ -120,6 +122,7 @@ class Processor:
         self.profile_params = profile_params(settings)
         self.similarity_params = similarity_params(settings)
         self.wall_clock = wall_clock
+        self.churn = ChurnService(store, settings)
 
     # -- user events (clicks and orders) ------------------------------------------------------
     def decode_user_events(
@@ -148,10 +151,15 @@ class Processor:
         if not events:
             return outcome
         await self.follow_model()
+        churn_model_changed = await self.churn.follow()
         records = await self._apply(events, outcome)
+        clock = max(event.ts for event in events)
+        # Silence: as the service's clock crosses a UTC day (or a new churn model is live),
+        # every customer is re-scored, by the one worker that claims it.
+        now = max(clock, await self.store.clock() or clock)
+        outcome.alerts += await self.churn.after_batch(now, churn_model_changed)
         if not refresh:
             return outcome
-        clock = max(event.ts for event in events)
         # Every user of the batch is refreshed, duplicates-only users too: if a previous
         # attempt stored the events but died before the refresh, this one catches up.
         outcome.recommendations = await self.refresh_recommendations(list(records.values()), clock)
@@ -167,17 +175,33 @@ class Processor:
         for _ in range(MAX_COMMIT_ATTEMPTS):
             records, categories = await self.store.load_users(users, items)
             deltas = ItemDeltas()
+            histories = BatchHistories(self.churn.config.caps)
             applied, changed_users = 0, set[str]()
             for event in events:
-                if self._apply_one(records[event.user_id], event, categories, deltas):
+                record = records[event.user_id]
+                for_churn = changes_history(record, event)
+                if self._apply_one(record, event, categories, deltas):
                     applied += 1
                     changed_users.add(event.user_id)
+                    if for_churn:
+                        histories.record(record, event)
+            histories.write_back(records)
             changed = [records[u] for u in users if u in changed_users]
             counts = (applied, len(events) - applied)
-            stale = await self.store.commit(changed, deltas, clock, self.similarity_params, counts)
+            scores = self.churn.score(changed, max(clock, self.churn.clock))
+            stale = await self.store.commit(
+                changed,
+                deltas,
+                clock,
+                self.similarity_params,
+                counts,
+                scores.risks,
+                scores.alerts,
+            )
             if not stale:
                 outcome.applied += applied
                 outcome.duplicates += len(events) - applied
+                outcome.alerts += scores.alerts
                 return records
             log.info("version conflict for %d users; re-reading", len(stale))
         raise StoreError(f"could not commit a batch after {MAX_COMMIT_ATTEMPTS} attempts")

@@ -8,7 +8,10 @@
 --   cooc_prefix, sim_prefix                 key prefixes (ids appended) of C and of neighbours
 --   norms_key, users_key, clock_key, clock, cooc_cap, k, shrinkage
 --   stats_key, applied, duplicates          counters of events applied and skipped as duplicates
--- ARGV[2n + 2] and ARGV[2n + 3] are user n's new state and profile (JSON), n from 0.
+--   risk_key, risks: [[user, risk]]         churn risks of scored users (sorted set)
+--   alerts_key, alerts_cap                  churn alerts list, newest first, capped
+-- ARGV[2n + 2] and ARGV[2n + 3] are user n's new state and profile (JSON), n from 0; the
+-- arguments after the last profile are churn alert documents (JSON), pushed in order.
 --
 -- If any user's version moved since it was read (another writer got there first), nothing is
 -- written and the stale user ids are returned, so the caller re-reads and recomputes. Otherwise
@@ -28,6 +31,13 @@ for n, u in ipairs(p.users) do
   redis.call('HSET', u[2], 'v', u[4] + 1, 's', ARGV[2 * n])
   redis.call('SET', u[3], ARGV[2 * n + 1])
   redis.call('SADD', p.users_key, u[1])
+end
+
+if p.risk_key then
+  for _, r in ipairs(p.risks) do redis.call('ZADD', p.risk_key, num(r[2]), r[1]) end
+  local first = 2 * #p.users + 2
+  for n = first, #ARGV do redis.call('LPUSH', p.alerts_key, ARGV[n]) end
+  if #ARGV >= first then redis.call('LTRIM', p.alerts_key, 0, p.alerts_cap - 1) end
 end
 
 local norms = {}

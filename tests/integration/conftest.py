@@ -70,6 +70,7 @@ class Stack:
             [topics.clicks, topics.orders, topics.catalog, topics.recommendations],
             partitions,
         )
+        await ensure_topics(self.broker, [topics.churn_alerts], partitions)
         await ensure_topics(self.broker, [topics.deadletter], 1)
 
     def start_worker(self) -> subprocess.Popen[bytes]:

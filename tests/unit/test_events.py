@@ -67,7 +67,8 @@ def order_reason(doc: dict[str, Any]) -> str:
 
 def test_valid_click() -> None:
     doc = click_doc(type="add_to_cart", session_id="s1", recommendation_id="r1", extra="ignored")
-    assert decode_click(raw(doc)) == Interaction("e1", "u1", "i1", "add_to_cart", 1_700_000_000.0)
+    expected = Interaction("e1", "u1", "i1", "add_to_cart", 1_700_000_000.0, "s1")
+    assert decode_click(raw(doc)) == expected
 
 
 @pytest.mark.parametrize("kind", ["view", "click", "add_to_cart", "remove_from_cart"])
