@@ -21,10 +21,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shoppulse.settings import Settings
 from stream.keys import Keys, Topics
+from stream.metrics import METRICS, timed_batch
 from stream.model_store import ModelStore
 from stream.processor import BatchOutcome, Processor, RawEvent, dead_letter
 from stream.store import RedisStore, connect
 from stream.transport import faust_app
+from stream.web import register_web
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,7 @@ async def with_retry(work: Callable[[], Awaitable[BatchOutcome]]) -> BatchOutcom
         try:
             return await work()
         except RETRYABLE as exc:
+            METRICS.redis_failure(exc)
             log.warning("Redis unavailable (%s); retrying in %.1fs", exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, MAX_BACKOFF)
@@ -108,14 +111,17 @@ def create_app(settings: Settings) -> faust.App:
     async def process_user_events(stream: Any) -> None:
         async for events in stream.take_events(settings.batch_size, within=settings.batch_window):
             batch = [raw_event(event) for event in events]
-            await publish(await isolate_failures(batch, processor().process_user_events))
+            outcome = isolate_failures(batch, processor().process_user_events)
+            await publish(await timed_batch("user-events", events, outcome))
 
     @app.agent(catalog_events, name="catalog")
     async def process_catalog(stream: Any) -> None:
         async for events in stream.take_events(settings.batch_size, within=settings.batch_window):
             batch = [raw_event(event) for event in events]
-            await publish(await isolate_failures(batch, processor().process_catalog))
+            outcome = isolate_failures(batch, processor().process_catalog)
+            await publish(await timed_batch("catalog", events, outcome))
 
+    register_web(app, settings)
     return app
 
 

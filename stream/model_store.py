@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 
 from models.churn import ChurnModel, decode_churn_model, encode_churn_model
@@ -48,6 +49,28 @@ class ModelStore:
     async def current_version(self, kind: str = KIND_ALS) -> str | None:
         raw = await self.client.get(self.keys.current_model(kind))
         return _text(raw) if raw is not None else None
+
+    async def versions(self) -> list[dict[str, Any]]:
+        """Metadata of the kept versions, newest first: the header (format, shapes, training
+        parameters, held-back score) plus ``published_at``; no factors are read."""
+        reply: Any = await self.client.zrevrange(self.keys.models(), 0, -1, withscores=True)
+        published: list[tuple[Any, float]] = [(v, float(s)) for v, s in reply]
+        if not published:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for version, _ in published:
+            pipe.hget(self.keys.model(_text(version)), "header")
+        headers = await pipe.execute()
+        found = []
+        for (version, score), raw in zip(published, headers, strict=True):
+            try:
+                header = orjson.loads(raw) if raw is not None else {}
+            except orjson.JSONDecodeError:
+                header = {}
+            if not isinstance(header, dict):
+                header = {}
+            found.append({**header, "version": _text(version), "published_at": float(score)})
+        return found
 
     async def load(self, version: str, with_users: bool = False) -> PublishedModel | None:
         """A published version (None if it has been deleted meanwhile)."""
