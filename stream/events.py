@@ -17,6 +17,10 @@ MAX_ORDER_LINES = 1000
 # Event time must be a real moment: after 1970 and before 2200.
 MIN_TS = 0.0
 MAX_TS = 7_258_118_400.0
+# Quantities and prices are bounded so that no sum of them (an order's amount, a user's
+# revenue) can overflow to infinity, which JSON cannot hold: one absurd order would otherwise
+# poison the user's profile for good.
+MAX_AMOUNT = 1e15
 
 
 def _as_id(value: Any) -> str:
@@ -56,8 +60,8 @@ def _non_negative(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError("must be a number")
     number = float(value)
-    if not math.isfinite(number) or number < 0.0:
-        raise ValueError("must be a finite number >= 0")
+    if not math.isfinite(number) or not 0.0 <= number <= MAX_AMOUNT:
+        raise ValueError("must be a finite number >= 0 and <= 1e15")
     return number
 
 

@@ -145,7 +145,7 @@ def test_catalog_needs_only_an_item_id() -> None:
 def test_catalog_rejections() -> None:
     with pytest.raises(InvalidEvent, match="item_id"):
         decode_catalog(b'{"category": "shoes"}')
-    with pytest.raises(InvalidEvent, match=r"price: must be a finite number >= 0"):
+    with pytest.raises(InvalidEvent, match=r"price: must be a finite number >= 0 and <= 1e15"):
         decode_catalog(b'{"item_id": "i1", "price": -1}')
     with pytest.raises(InvalidEvent, match=r"ts: is outside 1970\.\.2200"):
         decode_catalog(b'{"item_id": "i1", "ts": -5}')
@@ -275,7 +275,9 @@ def test_unknown_order_status() -> None:
 @pytest.mark.parametrize("field", ["quantity", "price"])
 def test_negative_quantity_or_price(field: str) -> None:
     line = {"item_id": "i1", "quantity": 1, "price": 1.0, field: -0.01}
-    assert order_reason(order_doc(items=[line])) == f"items.0.{field}: must be a finite number >= 0"
+    assert order_reason(order_doc(items=[line])) == (
+        f"items.0.{field}: must be a finite number >= 0 and <= 1e15"
+    )
 
 
 @pytest.mark.parametrize("field", ["quantity", "price"])
@@ -301,9 +303,18 @@ def test_quantity_must_be_a_number(value: Any) -> None:
     assert order_reason(order_doc(items=[line])) == "items.0.quantity: must be a number"
 
 
-def test_large_but_finite_amounts_are_accepted() -> None:
-    line = {"item_id": "i1", "quantity": 1, "price": 1e300}
-    assert decode_order(raw(order_doc(items=[line]))).lines[0].price == 1e300
+def test_large_amounts_up_to_the_cap_are_accepted() -> None:
+    line = {"item_id": "i1", "quantity": 1e15, "price": 1e15}
+    assert decode_order(raw(order_doc(items=[line]))).lines[0].price == 1e15
+
+
+@pytest.mark.parametrize("field", ["quantity", "price"])
+def test_absurd_amounts_are_rejected(field: str) -> None:
+    # 1e10 x 1e300 is finite line by line but overflows the order amount (and a user's
+    # revenue) to infinity, which JSON cannot store: it used to poison the user's profile.
+    line = {"item_id": "i1", "quantity": 1, "price": 1, field: 1e300}
+    reason = order_reason(order_doc(items=[line]))
+    assert reason == f"items.0.{field}: must be a finite number >= 0 and <= 1e15"
 
 
 def test_placed_order_without_items() -> None:
