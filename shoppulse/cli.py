@@ -39,6 +39,7 @@ LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", ""}
 
 class Dataset(StrEnum):
     movielens_100k = "movielens-100k"
+    shop = "shop"  # the built-in shop simulator (shoppulse/simulator.py)
 
 
 def fail(message: str) -> NoReturn:
@@ -185,6 +186,7 @@ def _retrain_churn(settings: Settings) -> bool:
 # -- evaluate -----------------------------------------------------------------------------------
 class Benchmark(StrEnum):
     movielens_100k = "movielens-100k"
+    churn = "churn"
 
 
 @cli.command()
@@ -207,9 +209,28 @@ def evaluate(
             "(prequential HR@10; about 3 minutes)."
         ),
     ] = False,
+    seed: Annotated[
+        int | None, typer.Option(help="churn: the simulator seed (default: the first published).")
+    ] = None,
+    customers: Annotated[
+        int | None,
+        typer.Option(min=50, help="churn --live: simulate this many customers (default 2500)."),
+    ] = None,
+    clickstream: Annotated[
+        bool, typer.Option(help="churn --live: publish the clickstream too, not only orders.")
+    ] = False,
 ) -> None:
-    """The Microsoft Recommenders MovieLens-100k protocol: per-item stratified 75/25 split,
-    seed 42, top-10, training items removed; popularity, item-item, ALS and the hybrid."""
+    """movielens-100k: the Microsoft Recommenders protocol (per-item stratified 75/25 split,
+    seed 42, top-10, training items removed; popularity, item-item, ALS and the hybrid).
+    churn: churn risk on the shop simulator against its true churn, beside baselines; alerts,
+    segments and lifetime value (`--live`: through Kafka, a worker, retrain and Redis)."""
+    if benchmark is Benchmark.churn:
+        if tune or streaming:
+            fail("--tune and --streaming apply to movielens-100k only")
+        _evaluate_churn(out, live, seed, customers, clickstream)
+        return
+    if seed is not None or customers is not None or clickstream:
+        fail("--seed, --customers and --clickstream apply to churn only")
     from shoppulse import datasets
     from workers.evaluate import evaluate_movielens
 
@@ -233,6 +254,84 @@ def evaluate(
         _evaluate_live(folder, out)
     if streaming:
         _evaluate_streaming(folder, out)
+
+
+def _evaluate_churn(
+    out: Path, live: bool, seed: int | None, customers: int | None, clickstream: bool
+) -> None:
+    from shoppulse.simulator import PUBLISHED_SEEDS
+    from workers.churn_eval import EvalConfig, evaluate_churn, summary_markdown
+
+    seed = PUBLISHED_SEEDS[0] if seed is None else seed
+    settings = load_settings()
+    table = Table(title=f"churn risk on the simulated shop (seed {seed}), offline")
+    for column in ("mode", "scorer", "ROC-AUC", "PR-AUC", "Brier", "active ROC-AUC"):
+        table.add_column(column, justify="left" if column in ("mode", "scorer") else "right")
+    reports = []
+    for with_clicks in (True, False):
+        config = EvalConfig(
+            seed=seed,
+            clickstream=with_clicks,
+            horizon_days=settings.churn_horizon_days,
+            training_cutoffs=settings.churn_training_cutoffs,
+            cutoff_spacing_days=settings.churn_cutoff_spacing_days,
+            alert_threshold=settings.churn_alert_threshold,
+            alert_margin=settings.churn_alert_margin,
+            alert_cooldown_days=settings.churn_alert_cooldown_days,
+            segments=settings.segments,
+        )
+        with console.status(f"simulating, training and scoring ({config.mode})"):
+            report = evaluate_churn(out, config=config)
+        reports.append(report)
+        for row in report.rows:
+            table.add_row(
+                config.mode,
+                row.model,
+                f"{row.roc_auc:.4f}",
+                f"{row.pr_auc:.4f}",
+                f"{row.brier:.4f}",
+                f"{row.active_roc_auc:.4f}",
+            )
+    console.print(table)
+    for report in reports:
+        a = report.alerts
+        console.print(
+            f"{report.config.mode}: alerts at the cutoff {a.at_cutoff} (precision "
+            f"{a.at_cutoff_precision:.3f}, recall {a.at_cutoff_recall:.3f}); in the next "
+            f"{report.config.alert_weeks} weeks {a.later} (precision {a.later_precision:.3f}); "
+            f"at most {a.max_per_user} per user"
+        )
+    (out / "churn.md").write_text(summary_markdown(reports))
+    console.print(f"reports and plots in {out}/ (churn.md, churn-*.json, churn-*.png)")
+    if live:
+        _evaluate_churn_live(out, seed, customers, clickstream)
+
+
+def _evaluate_churn_live(out: Path, seed: int, customers: int | None, clickstream: bool) -> None:
+    from workers.churn_live import markdown, run_live_churn
+
+    settings = load_settings()
+    if not localstack.redis_reachable(settings.redis_dsn):
+        fail(f"Redis is not reachable at {_safe_url(settings.redis_dsn)}")
+    result = _run(run_live_churn(settings, console, out, seed, clickstream, customers))
+    table = Table(title=f"churn risk through the live service ({result.mode}, seed {seed})")
+    for column in ("scorer", "ROC-AUC", "PR-AUC", "Brier", "active ROC-AUC"):
+        table.add_column(column, justify="left" if column == "scorer" else "right")
+    for row in result.rows:
+        table.add_row(
+            row.model,
+            f"{row.roc_auc:.4f}",
+            f"{row.pr_auc:.4f}",
+            f"{row.brier:.4f}",
+            f"{row.active_roc_auc:.4f}",
+        )
+    console.print(table)
+    text = markdown(result)
+    console.print(text.split("\n\n")[-2])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"churn-live-{result.mode}.md").write_text(text)
+    report = orjson.dumps(result.as_dict(), option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
+    (out / f"churn-live-{result.mode}.json").write_bytes(report)
 
 
 def _evaluate_streaming(folder: Path, out: Path) -> None:
@@ -430,11 +529,62 @@ def replay(
     dataset: Annotated[Dataset, typer.Argument(help="Dataset to publish.")],
     limit: Annotated[int | None, typer.Option(min=1, help="Publish only the first N.")] = None,
     rate: Annotated[float | None, typer.Option(min=1, help="Events per second.")] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="shop: the simulator seed (default: the first published).")
+    ] = None,
+    clickstream: Annotated[
+        bool, typer.Option(help="shop: publish the clickstream too, not only the orders.")
+    ] = True,
 ) -> None:
-    """Publish a real dataset to the input topics, in event-time order."""
+    """Publish a dataset to the input topics, in event-time order: MovieLens-100k ratings as
+    clicks, or the built-in shop simulator's catalog, orders and clicks."""
     settings = load_settings()
+    if dataset is Dataset.shop:
+        require_services(settings)
+        _run(publish_shop(settings, seed, clickstream, limit, rate))
+        return
+    if seed is not None:
+        fail("--seed applies to the shop simulator only")
     require_services(settings)
     _run(publish_movielens(settings, limit, rate))
+
+
+async def publish_shop(
+    settings: Settings, seed: int | None, clickstream: bool, limit: int | None, rate: float | None
+) -> int:
+    """Publish a simulated shop (catalog, then orders and clicks in time order); returns how
+    many user events were published."""
+    from shoppulse.replay import shop_events
+    from shoppulse.simulator import PUBLISHED_SEEDS, ShopConfig, simulate_shop
+
+    seed = PUBLISHED_SEEDS[0] if seed is None else seed
+    with console.status(f"simulating the shop (seed {seed})"):
+        shop = simulate_shop(seed, ShopConfig(clickstream=clickstream))
+        stream = shop_events(shop.orders, shop.clicks)
+    events = stream.events[:limit]
+    topics = Topics(settings.namespace)
+    await ensure_topics(settings.kafka_bootstrap, input_topics(topics), settings.partitions)
+    orders = [message for kind, _, message in events if kind == "orders"]
+    clicks = [message for kind, _, message in events if kind == "clicks"]
+    async with Publisher(settings.kafka_bootstrap) as publisher:
+        with _progress() as progress:
+            task = progress.add_task("catalog", total=len(stream.catalog))
+            await publisher.send_many(
+                topics.catalog, stream.catalog, on_sent=lambda n: progress.advance(task, n)
+            )
+            # Orders first: a shop's history of orders, then its clickstream (each keeps its
+            # time order; churn histories do not depend on the order they arrive in).
+            for name, topic, messages in (
+                ("orders", topics.orders, orders),
+                ("clicks", topics.clicks, clicks),
+            ):
+                if not messages:
+                    continue
+                task = progress.add_task(name, total=len(messages))
+                await publisher.send_many(
+                    topic, messages, rate, on_sent=lambda n, t=task: progress.advance(t, n)
+                )
+    return len(events)
 
 
 def _run(coroutine: Any) -> Any:

@@ -21,6 +21,8 @@ from models.profile import ItemDeltas, UserRecord
 from stream.events import CatalogIn
 from stream.keys import Keys
 
+ALERTS_KEPT = 1000  # length of the {ns}:alerts list (newest first)
+
 
 def _lua(name: str) -> str:
     return resources.files("stream").joinpath("lua", name).read_text(encoding="utf-8")
@@ -59,6 +61,7 @@ class RedisStore:
         self.keys = keys
         self._commit: AsyncScript = client.register_script(_lua("commit_batch.lua"))
         self._catalog: AsyncScript = client.register_script(_lua("upsert_catalog.lua"))
+        self._scores: AsyncScript = client.register_script(_lua("commit_scores.lua"))
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -96,9 +99,12 @@ class RedisStore:
         clock: float,
         params: SimilarityParams,
         counts: tuple[int, int] = (0, 0),
+        risks: Sequence[tuple[str, float]] = (),
+        alerts: Sequence[dict[str, Any]] = (),
     ) -> list[str]:
         """Write users and item deltas atomically; returns users whose version moved (then
-        nothing at all was written). ``counts`` = (applied, duplicates) for the stats."""
+        nothing at all was written). ``counts`` = (applied, duplicates) for the stats;
+        ``risks`` and ``alerts`` (churn) go to ``{ns}:risk`` and ``{ns}:alerts`` with them."""
         keys = self.keys
         # Documents travel as their own arguments (no JSON inside JSON); the payload names them
         # by position: user n's state is ARGV[2n + 2], its profile ARGV[2n + 3].
@@ -129,8 +135,57 @@ class RedisStore:
             "stats_key": keys.stats(),
             "applied": counts[0],
             "duplicates": counts[1],
+            **self._churn_payload(risks),
         }
+        documents += [orjson.dumps(alert) for alert in alerts]
         stale = await self._commit(args=[orjson.dumps(payload), *documents])
+        return [str(user_id) for user_id in stale]
+
+    def _churn_payload(self, risks: Sequence[tuple[str, float]]) -> dict[str, Any]:
+        return {
+            "risk_key": self.keys.risk(),
+            "risks": [[user, risk] for user, risk in risks],
+            "alerts_key": self.keys.alerts(),
+            "alerts_cap": ALERTS_KEPT,
+        }
+
+    async def churn_histories(self, user_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The stored churn history (``state["churn"]``, plain data) of each user having one."""
+        pipe = self.client.pipeline(transaction=False)
+        for user_id in user_ids:
+            pipe.hget(self.keys.user_state(user_id), "s")
+        found: dict[str, dict[str, Any]] = {}
+        for user_id, raw in zip(user_ids, await pipe.execute(), strict=True):
+            if raw is not None:
+                history = orjson.loads(raw).get("churn")
+                if history is not None:
+                    found[user_id] = history
+        return found
+
+    async def commit_scores(
+        self,
+        records: Sequence[UserRecord],
+        risks: Sequence[tuple[str, float]],
+        alerts: Sequence[dict[str, Any]],
+    ) -> list[str]:
+        """Write re-scored users (state, profile, risk, alerts) in one script, each only if
+        their version has not moved since they were read; returns those whose version moved
+        (nothing of theirs was written)."""
+        keys = self.keys
+        users = [
+            [r.user_id, keys.user_state(r.user_id), keys.profile(r.user_id), r.version]
+            for r in records
+        ]
+        documents: list[bytes] = []
+        for record in records:
+            documents += [orjson.dumps(record.state), orjson.dumps(record.profile)]
+        documents += [orjson.dumps(alert) for alert in alerts]
+        payload = {
+            "users": users,
+            "alert_users": [alert["user_id"] for alert in alerts],
+            **self._churn_payload(risks),
+        }
+        stale = await self._scores(args=[orjson.dumps(payload), *documents])
         return [str(user_id) for user_id in stale]
 
     def _popularity_updates(self, deltas: ItemDeltas, half_life: float) -> list[list[Any]]:
