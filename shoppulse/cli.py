@@ -470,6 +470,12 @@ def _utc(ts: float) -> str:
 
 
 # -- reading state -----------------------------------------------------------------------------
+def _user_id(value: str) -> str:
+    if not value.strip():
+        raise typer.BadParameter("the user id must not be empty")
+    return value
+
+
 def _read_json(settings: Settings, key: str) -> Any:
     import redis
 
@@ -484,7 +490,7 @@ def _read_json(settings: Settings, key: str) -> Any:
 
 
 @cli.command()
-def recs(user: Annotated[str, typer.Argument(help="User id.")]) -> None:
+def recs(user: Annotated[str, typer.Argument(help="User id.", callback=_user_id)]) -> None:
     """Show a user's current recommendations."""
     settings = load_settings()
     document = _read_json(settings, Keys(settings.namespace).recs(user))
@@ -514,13 +520,88 @@ def recommendation_table(document: dict[str, Any], titles: dict[str, str] | None
 
 
 @cli.command()
-def profile(user: Annotated[str, typer.Argument(help="User id.")]) -> None:
+def profile(user: Annotated[str, typer.Argument(help="User id.", callback=_user_id)]) -> None:
     """Show a user's live profile as JSON."""
     settings = load_settings()
     document = _read_json(settings, Keys(settings.namespace).profile(user))
     if document is None:
         fail(f"no profile for user {user!r} in namespace {settings.namespace!r}")
     console.print_json(orjson.dumps(document).decode())
+
+
+# -- alerts ------------------------------------------------------------------------------------
+@cli.command()
+def alerts(
+    from_beginning: Annotated[
+        bool, typer.Option("--from-beginning", help="Start with the oldest alert the topic keeps.")
+    ] = False,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Stop after N alerts (default: follow forever).")
+    ] = None,
+    idle: Annotated[
+        float | None,
+        typer.Option(min=0.1, help="Stop after this many seconds without a new alert."),
+    ] = None,
+) -> None:
+    """Follow the churn alert topic ({ns}.alerts.churn), one line per alert."""
+    settings = load_settings()
+    if not localstack.kafka_reachable(settings.kafka_bootstrap):
+        fail(f"Kafka is not reachable at {settings.kafka_bootstrap}")
+    topic = Topics(settings.namespace).churn_alerts
+    where = "from the beginning" if from_beginning else "new alerts"
+    console.print(f"following [cyan]{topic}[/] ({where}; Ctrl-C stops)")
+    try:
+        shown = _run(_follow_alerts(settings, topic, from_beginning, limit, idle))
+    except KeyboardInterrupt:
+        return
+    console.print(f"[dim]{shown} alert{'s' if shown != 1 else ''}[/]")
+
+
+async def _follow_alerts(
+    settings: Settings, topic: str, from_beginning: bool, limit: int | None, idle: float | None
+) -> int:
+    from aiokafka.errors import KafkaError
+
+    from shoppulse.kafka import follow
+
+    shown = 0
+    try:
+        async for alert in follow(settings.kafka_bootstrap, topic, from_beginning, idle):
+            console.print(alert_line(alert))
+            shown += 1
+            if limit is not None and shown >= limit:
+                break
+    except KafkaError as exc:
+        raise ShopPulseError(f"cannot read {topic} from {settings.kafka_bootstrap}: {exc}") from exc
+    return shown
+
+
+def alert_line(alert: Any) -> str:
+    """One churn alert as a line of rich markup (tolerates documents missing fields)."""
+    from rich.markup import escape
+
+    if not isinstance(alert, dict):
+        return f"[yellow]not an alert:[/] {escape(str(alert))}"
+    risk = alert.get("risk")
+    before = alert.get("previous_risk")
+    level = risk if isinstance(risk, int | float) else 0.0
+    colour = "red" if level >= 0.7 else "yellow" if level >= 0.4 else "green"
+    bar = "█" * round(max(0.0, min(1.0, level)) * 10)
+    when = alert.get("as_of")
+    stamp = _utc(float(when)) if isinstance(when, int | float) else "-"
+    reasons = alert.get("reasons") or []
+    text = "; ".join(
+        r if isinstance(r, str) else str(r.get("text") or r.get("feature") or r)
+        for r in reasons
+        if isinstance(r, str | dict)
+    )
+    risk_text = f"{level:.2f}" if isinstance(risk, int | float) else "?"
+    before_text = f" (was {before:.2f})" if isinstance(before, int | float) else ""
+    return (
+        f"[dim]{stamp}[/]  user [bold]{escape(str(alert.get('user_id', '?')))}[/]  "
+        f"risk [{colour}]{risk_text} {bar:<10}[/]{before_text}  "
+        f"[dim]{escape(text)}[/]"
+    )
 
 
 # -- replay ------------------------------------------------------------------------------------
@@ -588,10 +669,17 @@ async def publish_shop(
 
 
 def _run(coroutine: Any) -> Any:
+    from aiokafka.errors import KafkaError
+    from redis.exceptions import RedisError
+
     try:
         return asyncio.run(coroutine)
     except ShopPulseError as exc:
         fail(str(exc))
+    except KafkaError as exc:
+        fail(f"Kafka error: {exc}")
+    except RedisError as exc:
+        fail(f"Redis error: {exc}")
 
 
 async def publish_movielens(settings: Settings, limit: int | None, rate: float | None) -> int:

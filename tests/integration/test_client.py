@@ -73,7 +73,8 @@ async def test_publish_read_and_follow_alerts(make_stack: Callable[..., Awaitabl
             received.append(alert)
             if len(received) == len(alerts):
                 break
-        assert [a["alert_id"] for a in received] == [a["alert_id"] for a in alerts]
+        # (the topic may have several partitions: order is kept per user, not overall)
+        assert sorted(a["alert_id"] for a in received) == [a["alert_id"] for a in alerts]
 
 
 async def test_invalid_events_are_refused_before_sending(

@@ -82,3 +82,64 @@ def test_a_bad_retrain_interval_is_refused() -> None:
 def test_a_negative_rate_is_refused() -> None:
     result = runner.invoke(cli, ["replay", "movielens-100k", "--rate", "-5"])
     assert result.exit_code == 2
+
+
+@pytest.mark.parametrize("command", ["recs", "profile"])
+@pytest.mark.parametrize("user", ["", "  "])
+def test_an_empty_user_id_is_refused(command: str, user: str) -> None:
+    result = runner.invoke(cli, [command, user])
+    assert result.exit_code == 2
+    assert "must not be empty" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_alerts_has_help_and_refuses_a_bad_limit() -> None:
+    assert "alerts" in runner.invoke(cli, ["--help"]).output
+    help_text = runner.invoke(cli, ["alerts", "--help"]).output
+    assert "--from-beginning" in help_text and "--limit" in help_text
+    for bad in (["--limit", "0"], ["--limit", "many"], ["--idle", "0"]):
+        result = runner.invoke(cli, ["alerts", *bad])
+        assert result.exit_code == 2, bad
+        assert "Traceback" not in result.output
+
+
+def test_alerts_reports_an_unreachable_broker_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHOPPULSE_KAFKA_BOOTSTRAP", f"127.0.0.1:{free_port()}")
+    result = runner.invoke(cli, ["alerts", "--limit", "1"])
+    assert result.exit_code == 2
+    assert "Kafka is not reachable" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_unreachable_redis_for_recs_and_profile(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHOPPULSE_REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
+    for command in ("recs", "profile"):
+        result = runner.invoke(cli, [command, "u1"])
+        assert result.exit_code == 2
+        assert "cannot read Redis" in result.output
+        assert "Traceback" not in result.output
+
+
+def test_an_alert_line_shows_user_risk_and_reasons() -> None:
+    from rich.console import Console
+
+    from shoppulse.cli import alert_line
+
+    console = Console(width=200, no_color=True)
+    alert = {
+        "alert_id": "a1",
+        "user_id": "u[7]",
+        "risk": 0.83,
+        "previous_risk": 0.41,
+        "as_of": 1_700_000_000.0,
+        "reasons": ["no visit in 40 days", {"feature": "orders_90d", "text": "orders dropped"}],
+    }
+    with console.capture() as captured:
+        console.print(alert_line(alert))
+        console.print(alert_line({"user_id": "u2"}))
+        console.print(alert_line(["not", "an", "alert"]))
+    lines = captured.get().splitlines()
+    assert "u[7]" in lines[0] and "0.83" in lines[0] and "was 0.41" in lines[0]
+    assert "2023-11-14" in lines[0] and "orders dropped" in lines[0]
+    assert "u2" in lines[1] and "risk ?" in lines[1]
+    assert "not an alert" in lines[2]

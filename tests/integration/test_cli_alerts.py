@@ -1,0 +1,50 @@
+"""``shoppulse alerts`` follows the real alert topic on a real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from shoppulse.kafka import ensure_topics
+from tests.integration.conftest import Stack
+
+pytestmark = pytest.mark.integration
+
+
+async def test_alerts_command_prints_alerts_from_the_topic(
+    make_stack: Callable[..., Awaitable[Stack]],
+) -> None:
+    stack = await make_stack(workers=0)
+    alerts = [
+        {
+            "alert_id": f"al-{n}",
+            "user_id": f"shopper-{n}",
+            "risk": 0.7 + n / 10,
+            "previous_risk": 0.2,
+            "threshold": 0.6,
+            "as_of": 1_700_000_000.0 + n,
+            "model_version": "churn-1",
+            "reasons": [f"reason number {n}"],
+        }
+        for n in range(3)
+    ]
+    await ensure_topics(stack.broker, [stack.topics.churn_alerts], 1)  # one order to check
+    await stack.publish(stack.topics.churn_alerts, *alerts)
+    command = [sys.executable, "-m", "shoppulse", "alerts", "--from-beginning", "--limit", "2"]
+    done = await asyncio.to_thread(
+        subprocess.run,
+        command,
+        env={**stack.env, "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "shopper-0" in done.stdout and "reason number 0" in done.stdout
+    assert "shopper-1" in done.stdout and "0.80" in done.stdout
+    assert "shopper-2" not in done.stdout  # --limit 2
+    assert "2 alerts" in done.stdout
