@@ -60,10 +60,17 @@ def load_settings() -> Settings:
 
 def require_services(settings: Settings) -> None:
     """Fail with a readable message, not a traceback, when Kafka or Redis is unreachable."""
-    if not localstack.redis_reachable(settings.redis_dsn):
-        fail(f"Redis is not reachable at {_safe_url(settings.redis_dsn)}")
-    if not localstack.kafka_reachable(settings.kafka_bootstrap):
+    problem = localstack.redis_problem(settings.redis_dsn)
+    if problem is not None:
+        fail(f"Redis is not reachable at {_safe_url(settings.redis_dsn)}: {problem}")
+    if not localstack.kafka_reachable(settings.kafka_bootstrap, security=_kafka_security(settings)):
         fail(f"Kafka is not reachable at {settings.kafka_bootstrap}")
+
+
+def _kafka_security(settings: Settings) -> dict[str, Any]:
+    from shoppulse.kafka import security_options
+
+    return security_options(settings)
 
 
 def _safe_url(url: str) -> str:
@@ -411,7 +418,9 @@ def status() -> None:
     table.add_column("what")
     table.add_column("state")
     redis_up = localstack.redis_reachable(settings.redis_dsn)
-    kafka_up = localstack.kafka_reachable(settings.kafka_bootstrap)
+    kafka_up = localstack.kafka_reachable(
+        settings.kafka_bootstrap, security=_kafka_security(settings)
+    )
     table.add_row("Redis", _up(redis_up, _safe_url(settings.redis_dsn)))
     table.add_row("Kafka", _up(kafka_up, settings.kafka_bootstrap))
     if kafka_up:
@@ -493,7 +502,7 @@ def _read_json(settings: Settings, key: str) -> Any:
 def recs(user: Annotated[str, typer.Argument(help="User id.", callback=_user_id)]) -> None:
     """Show a user's current recommendations."""
     settings = load_settings()
-    document = _read_json(settings, Keys(settings.namespace).recs(user))
+    document = _read_json(settings, Keys(settings.namespace).recs(_stored_id(settings, user)))
     if document is None:
         fail(f"no recommendations for user {user!r} in namespace {settings.namespace!r}")
     console.print(recommendation_table(document))
@@ -523,10 +532,23 @@ def recommendation_table(document: dict[str, Any], titles: dict[str, str] | None
 def profile(user: Annotated[str, typer.Argument(help="User id.", callback=_user_id)]) -> None:
     """Show a user's live profile as JSON."""
     settings = load_settings()
-    document = _read_json(settings, Keys(settings.namespace).profile(user))
+    document = _read_json(settings, Keys(settings.namespace).profile(_stored_id(settings, user)))
     if document is None:
         fail(f"no profile for user {user!r} in namespace {settings.namespace!r}")
     console.print_json(orjson.dumps(document).decode())
+
+
+def _stored_id(settings: Settings, user: str) -> str:
+    from stream.privacy import user_key
+
+    return user_key(user, settings.pseudonymise_key)
+
+
+@cli.command()
+def pseudonym(user: Annotated[str, typer.Argument(help="User id.")]) -> None:
+    """The id a user's state is stored under (SHOPPULSE_PSEUDONYMISE_KEY's keyed hash of the
+    user id; the id itself when no key is set)."""
+    console.print(_stored_id(load_settings(), user), highlight=False, soft_wrap=True)
 
 
 # -- alerts ------------------------------------------------------------------------------------
@@ -545,7 +567,7 @@ def alerts(
 ) -> None:
     """Follow the churn alert topic ({ns}.alerts.churn), one line per alert."""
     settings = load_settings()
-    if not localstack.kafka_reachable(settings.kafka_bootstrap):
+    if not localstack.kafka_reachable(settings.kafka_bootstrap, security=_kafka_security(settings)):
         fail(f"Kafka is not reachable at {settings.kafka_bootstrap}")
     topic = Topics(settings.namespace).churn_alerts
     where = "from the beginning" if from_beginning else "new alerts"

@@ -5,22 +5,65 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.helpers import create_ssl_context
 
 from shoppulse.errors import ShopPulseError
+from shoppulse.settings import Settings, get_settings
 
 Message = tuple[bytes | None, bytes]
+Security = Mapping[str, Any]
 
 
-async def ensure_topics(bootstrap: str, names: Iterable[str], partitions: int) -> None:
+def security_options(settings: Settings | None = None) -> dict[str, Any]:
+    """aiokafka keyword arguments for TLS and SASL, from the settings (the process settings
+    if none are given). Every Kafka client ShopPulse makes is built with these."""
+    settings = settings if settings is not None else get_settings()
+    protocol = settings.kafka_security_protocol
+    options: dict[str, Any] = {"security_protocol": protocol}
+    if protocol in ("SSL", "SASL_SSL"):
+        options["ssl_context"] = create_ssl_context(cafile=settings.kafka_ssl_cafile)
+    if protocol.startswith("SASL_"):
+        password = settings.kafka_sasl_password
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        options["sasl_plain_username"] = settings.kafka_sasl_username
+        options["sasl_plain_password"] = password.get_secret_value() if password else None
+    return options
+
+
+def faust_credentials(settings: Settings) -> Any:
+    """The same security for the Faust app (``broker_credentials``); None for PLAINTEXT."""
+    import faust  # slow to import; only the worker needs it
+
+    options = security_options(settings)
+    protocol = options["security_protocol"]
+    if protocol == "SSL":
+        return faust.SSLCredentials(options["ssl_context"])
+    if protocol.startswith("SASL_"):
+        return faust.SASLCredentials(
+            username=options["sasl_plain_username"],
+            password=options["sasl_plain_password"],
+            mechanism=options["sasl_mechanism"],
+            ssl_context=options.get("ssl_context"),
+        )
+    return None
+
+
+def _security(security: Security | None) -> Security:
+    return security if security is not None else security_options()
+
+
+async def ensure_topics(
+    bootstrap: str, names: Iterable[str], partitions: int, security: Security | None = None
+) -> None:
     """Create the topics that do not exist yet (existing ones are left as they are)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **_security(security))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -44,9 +87,13 @@ def encode(document: dict[str, Any]) -> bytes:
 class Publisher:
     """Publishes messages, optionally at a steady rate, waiting for the broker's acks."""
 
-    def __init__(self, bootstrap: str) -> None:
+    def __init__(self, bootstrap: str, security: Security | None = None) -> None:
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap, linger_ms=5, acks="all", max_batch_size=262_144
+            bootstrap_servers=bootstrap,
+            linger_ms=5,
+            acks="all",
+            max_batch_size=262_144,
+            **_security(security),
         )
 
     async def __aenter__(self) -> Publisher:
@@ -93,7 +140,11 @@ class Publisher:
 
 
 async def follow(
-    bootstrap: str, topic: str, from_beginning: bool = True, idle_timeout: float | None = None
+    bootstrap: str,
+    topic: str,
+    from_beginning: bool = True,
+    idle_timeout: float | None = None,
+    security: Security | None = None,
 ) -> AsyncIterator[Any]:
     """Yield decoded JSON documents from a topic; stop after ``idle_timeout`` s of silence."""
     consumer = AIOKafkaConsumer(
@@ -102,6 +153,7 @@ async def follow(
         auto_offset_reset="earliest" if from_beginning else "latest",
         enable_auto_commit=False,
         group_id=None,
+        **_security(security),
     )
     await consumer.start()
     last_message = time.monotonic()
@@ -123,14 +175,19 @@ async def follow(
         await consumer.stop()
 
 
-async def consumer_lag(bootstrap: str, group: str, topics: Iterable[str]) -> dict[str, int]:
+async def consumer_lag(
+    bootstrap: str, group: str, topics: Iterable[str], security: Security | None = None
+) -> dict[str, int]:
     """Per topic: end offsets minus the group's committed offsets, summed over partitions.
 
     The development broker can under-report end offsets for logs written in batches, so the
     lag it yields may look negative; it is clamped at 0 per partition."""
     # A consumer that never subscribes only reads the group's offsets; it does not join it.
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        **_security(security),
     )
     await consumer.start()
     try:

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
+from urllib.parse import urlparse
 
 import redis
 from aiokafka.admin import AIOKafkaAdminClient
@@ -104,21 +105,39 @@ def _parse_port(text: str, bootstrap: str) -> int:
 
 def redis_reachable(url: str, timeout: float = 1.0) -> bool:
     """True if a Redis at ``url`` answers PING; never raises (a bad URL is "not reachable")."""
-    # Broad on purpose: callers ask "can I use it?", and every failure (bad URL, refused,
-    # auth, timeout) means no; they print their own message.
+    return redis_problem(url, timeout) is None
+
+
+def redis_problem(url: str, timeout: float = 1.0) -> str | None:
+    """Why a Redis at ``url`` cannot be used (refused, wrong credentials, TLS, bad URL), or
+    None if it answers PING. Never raises; the reason never holds the URL's password."""
+    # Broad on purpose: callers ask "can I use it?", and every failure means no.
     try:
         client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
-    except Exception:
-        return False
+    except Exception as exc:
+        return _without_password(f"bad Redis URL ({exc})", url)
     try:
-        return bool(client.ping())
-    except Exception:
-        return False
+        client.ping()
+    except redis.AuthenticationError as exc:
+        return _without_password(f"Redis refused the credentials ({exc})", url)
+    except Exception as exc:
+        return _without_password(f"{type(exc).__name__}: {exc}", url)
     finally:
         client.close()
+    return None
 
 
-def kafka_reachable(bootstrap: str, timeout: float = 3.0) -> bool:
+def _without_password(text: str, url: str) -> str:
+    try:
+        password = urlparse(url).password
+    except ValueError:
+        password = None
+    return text.replace(password, "***") if password else text
+
+
+def kafka_reachable(
+    bootstrap: str, timeout: float = 3.0, security: Mapping[str, Any] | None = None
+) -> bool:
     """True if a Kafka metadata request to ``bootstrap`` succeeds in ``timeout``; never raises.
 
     An open port is not enough: a broker still starting, or some other server, accepts TCP
@@ -132,15 +151,15 @@ def kafka_reachable(bootstrap: str, timeout: float = 3.0) -> bool:
     if not tcp_reachable(host, port, timeout=min(timeout, 0.5)):
         return False
     try:
-        _run_blocking(lambda: _describe_cluster(bootstrap, timeout), timeout)
+        _run_blocking(lambda: _describe_cluster(bootstrap, timeout, security or {}), timeout)
     except Exception:  # any failure means "not usable", as in redis_reachable
         return False
     return True
 
 
-async def _describe_cluster(bootstrap: str, timeout: float) -> None:
+async def _describe_cluster(bootstrap: str, timeout: float, security: Mapping[str, Any]) -> None:
     admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap, request_timeout_ms=max(1, int(timeout * 1000))
+        bootstrap_servers=bootstrap, request_timeout_ms=max(1, int(timeout * 1000)), **security
     )
     try:
         # start() bootstraps (API versions + metadata); describe_cluster asks once more

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -54,6 +55,23 @@ class Settings(BaseSettings):
     )
     kafka_fetch_max_wait_ms: int = Field(
         100, ge=1, le=30_000, description="Longest a consumer fetch waits for new events."
+    )
+
+    # Security (secrets are SecretStr: never shown by repr, str or logs).
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT",
+        description="How Kafka clients connect: PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL.",
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "SCRAM-SHA-512", description="SASL mechanism (SASL_* protocols)."
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user name.")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password.")
+    kafka_ssl_cafile: str | None = Field(
+        None, description="CA bundle that signs the brokers' certificates (SSL, SASL_SSL)."
+    )
+    pseudonymise_key: SecretStr | None = Field(
+        None, description="If set, user ids are replaced by a keyed hash before storage."
     )
 
     # Stream batching.
@@ -160,6 +178,17 @@ class Settings(BaseSettings):
         if negative:
             raise ValueError(f"weights must be >= 0, got negative for {negative}")
         return value
+
+    @model_validator(mode="after")
+    def _sasl_needs_credentials(self) -> Settings:
+        if self.kafka_security_protocol.startswith("SASL_") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                "SHOPPULSE_KAFKA_SASL_USERNAME and SHOPPULSE_KAFKA_SASL_PASSWORD are needed "
+                f"with SHOPPULSE_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _alert_margin_below_threshold(self) -> Settings:

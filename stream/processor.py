@@ -27,6 +27,7 @@ from stream.churn import BatchHistories, ChurnService, changes_history
 from stream.events import CatalogIn, decode_catalog, decode_click, decode_order
 from stream.keys import Topics
 from stream.model_store import ModelStore
+from stream.privacy import pseudonymise_events
 from stream.store import RecommendationInputs, RedisStore, SimilarityParams
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,7 @@ class Processor:
                     raise InvalidEvent(f"unexpected topic {raw.topic!r}")
             except InvalidEvent as exc:
                 outcome.dead_letters.append(dead_letter(raw, str(exc)))
-        return events
+        return pseudonymise_events(events, self.settings.pseudonymise_key)
 
     async def process_user_events(
         self, raw_events: Sequence[RawEvent], refresh: bool = True

@@ -19,6 +19,7 @@ from typing import Any
 import faust
 from faust.transport.drivers import aiokafka as driver
 
+from shoppulse.kafka import faust_credentials
 from shoppulse.settings import Settings
 
 
@@ -33,6 +34,7 @@ def faust_app(app_id: str, settings: Settings) -> faust.App:
     app = faust.App(
         app_id,
         broker=[f"kafka://{host.strip()}" for host in settings.kafka_bootstrap.split(",")],
+        broker_credentials=faust_credentials(settings),
         store="memory://",
         datadir=str(faust_datadir(app_id)),
         topic_partitions=settings.partitions,
