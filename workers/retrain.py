@@ -145,6 +145,7 @@ class Retrainer:
         previous = await self.models.load_current()
         old_rate = holdout_hit_rate(AlsScorer(previous), holdout, clock) if previous else None
         model.params["holdout_hit_rate"] = new_rate
+        model.params["train_seconds"] = train_seconds  # for the dashboard and /metrics
         result = RetrainResult(
             version=version,
             published=False,

@@ -169,6 +169,9 @@ async def test_metrics_count_events_dead_letters_and_latency(web: Web) -> None:
         return value(found, "shoppulse_model_info", kind="als", version=current) == 1 or None
 
     await web.stack.until(model_shown, 20, "the served model in the metrics")
+    trained = await metric_samples(web)
+    assert value(trained, "shoppulse_model_training_seconds", kind="als") > 0
+    assert 0 <= value(trained, "shoppulse_model_holdout_hit_rate", kind="als") <= 1
     _, body, _ = await web.get("/metrics")
     for series in (
         "shoppulse_redis_retries_total",
