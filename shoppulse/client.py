@@ -35,7 +35,7 @@ import orjson
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from shoppulse.errors import InvalidEvent, ShopPulseError
-from shoppulse.kafka import Publisher, follow
+from shoppulse.kafka import Publisher, follow, security_options
 from shoppulse.settings import Settings, get_settings
 from stream.events import decode_catalog, decode_click, decode_order
 from stream.keys import Keys, Topics
@@ -67,6 +67,7 @@ class ShopPulseClient:
         self.keys = Keys(self.namespace)
         self.topics = Topics(self.namespace)
         self._redis_url = redis_url or base.redis_dsn
+        self._security = security_options(base)  # TLS/SASL from the settings
         self._store: RedisStore | None = None
         self._publisher: Publisher | None = None
 
@@ -176,7 +177,7 @@ class ShopPulseClient:
     async def _send(self, topic: str, key: str, value: bytes) -> None:
         try:
             if self._publisher is None:
-                publisher = Publisher(self.kafka_bootstrap)
+                publisher = Publisher(self.kafka_bootstrap, self._security)
                 await publisher.__aenter__()
                 self._publisher = publisher
             await self._publisher.send(topic, key.encode(), value)
@@ -217,7 +218,11 @@ class ShopPulseClient:
         with ``from_beginning``); stops after ``idle_timeout`` seconds without one if given."""
         try:
             async for document in follow(
-                self.kafka_bootstrap, self.topics.churn_alerts, from_beginning, idle_timeout
+                self.kafka_bootstrap,
+                self.topics.churn_alerts,
+                from_beginning,
+                idle_timeout,
+                security=self._security,
             ):
                 if isinstance(document, dict):
                     yield document
