@@ -10,8 +10,13 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+from numpy.typing import NDArray
 
 from models.decay import decay_factor
 
@@ -105,3 +110,233 @@ def blend(
         Recommendation(item_id, round(total, _SCORE_DIGITS), best_part[item_id][1])
         for item_id, total in ranked
     ]
+
+
+# -- the same blend for a whole batch of users, vectorised ------------------------------------
+@dataclass(frozen=True, slots=True)
+class UserCandidates:
+    """What one user brings to :func:`rank_batch`."""
+
+    recent: Sequence[tuple[str, float, float]]  # (item_id, weight, ts) for item-kNN
+    favourites: Sequence[tuple[str, float]]  # (category, affinity)
+    als: Mapping[str, float]  # item -> ALS score (empty without a model)
+    exclude: AbstractSet[str]
+
+
+@dataclass(slots=True)
+class _Scores:
+    """One source's scores for the batch as parallel arrays: user row, candidate column, value."""
+
+    users: NDArray[np.int64]
+    cols: NDArray[np.int64]
+    values: NDArray[np.float64]
+
+
+def rank_batch(
+    users: Sequence[UserCandidates],
+    neighbours: Mapping[str, Sequence[tuple[str, float]]],
+    category_items: Mapping[str, Sequence[tuple[str, float]]],
+    popularity: Sequence[tuple[str, float]],
+    weights: Mapping[str, float],
+    n: int,
+    half_life: float,
+) -> list[list[Recommendation]]:
+    """Every user's :func:`blend` of ALS, :func:`itemknn_scores`, :func:`category_scores` and
+    popularity (:func:`log_scores_to_relative`), computed with array operations on a users x
+    candidates matrix instead of per-user dictionaries. Same definition, same ranking and
+    ties (by item id); item-kNN sums may differ in the last bits (summation order).
+
+    ``category_items`` and ``popularity`` hold log forward-decayed scores, as stored. Users
+    go through in chunks so the matrices stay small whatever the batch."""
+    ranked: list[list[Recommendation]] = []
+    for start in range(0, len(users), _CHUNK_USERS):
+        chunk = users[start : start + _CHUNK_USERS]
+        ranked += _rank_chunk(chunk, neighbours, category_items, popularity, weights, n, half_life)
+    return ranked
+
+
+_CHUNK_USERS = 128
+
+
+def _rank_chunk(
+    users: Sequence[UserCandidates],
+    neighbours: Mapping[str, Sequence[tuple[str, float]]],
+    category_items: Mapping[str, Sequence[tuple[str, float]]],
+    popularity: Sequence[tuple[str, float]],
+    weights: Mapping[str, float],
+    n: int,
+    half_life: float,
+) -> list[list[Recommendation]]:
+    ids = _candidate_ids(users, neighbours, category_items, popularity)
+    if not ids or n <= 0:
+        return [[] for _ in users]
+    index = {item_id: k for k, item_id in enumerate(ids)}  # column order is id order
+    builders: dict[str, Callable[[], _Scores]] = {
+        "als": lambda: _als_scores(users, index),
+        "category": lambda: _category_scores(users, category_items, index),
+        "itemknn": lambda: _itemknn_scores(users, neighbours, index, half_life),
+        "popularity": lambda: _popularity_scores(len(users), popularity, index),
+    }
+    shape = (len(users), len(ids))
+    excluded = np.zeros(shape, dtype=bool)
+    excluded_rows, excluded_cols = _excluded_cells(users, index)
+    excluded[excluded_rows, excluded_cols] = True
+    totals = np.zeros(shape)
+    best_part = np.zeros(shape)
+    best_source = np.zeros(shape, dtype=np.int64)
+    names = sorted(builders)
+    for rank, name in enumerate(names):  # in name order: the order blend adds in
+        weight = weights.get(name, 0.0)
+        if weight <= 0.0:
+            continue
+        scores = builders[name]()
+        matrix = np.zeros(shape)
+        matrix[scores.users, scores.cols] = scores.values
+        matrix[excluded | (matrix < 0.0)] = 0.0
+        # Rescale by each user's best eligible item of this source, as blend does.
+        top = matrix.max(axis=1, keepdims=True)
+        part = np.divide(weight * matrix, top, out=np.zeros(shape), where=top > 0.0)
+        totals += part
+        better = part > best_part  # strictly: the first source by name keeps a tie
+        best_part[better] = part[better]
+        best_source[better] = rank
+    return [
+        _top_of_row(row_totals, row_sources, n, ids, names)
+        for row_totals, row_sources in zip(totals, best_source, strict=True)
+    ]
+
+
+def _top_of_row(
+    totals: NDArray[np.float64],
+    sources: NDArray[np.int64],
+    n: int,
+    ids: Sequence[str],
+    names: Sequence[str],
+) -> list[Recommendation]:
+    """The ``n`` best candidates with a positive total, best first, ties by item id."""
+    if n < len(totals):
+        # Everything at least as good as the n-th best: ties at the cut are settled by id.
+        threshold = -np.partition(-totals, n - 1)[n - 1]
+        chosen = np.flatnonzero((totals >= threshold) & (totals > 0.0))
+    else:
+        chosen = np.flatnonzero(totals > 0.0)
+    order = chosen[np.lexsort((chosen, -totals[chosen]))][:n]
+    return [
+        Recommendation(ids[col], round(total, _SCORE_DIGITS), names[source])
+        for col, total, source in zip(
+            order.tolist(), totals[order].tolist(), sources[order].tolist(), strict=True
+        )
+    ]
+
+
+def _candidate_ids(
+    users: Sequence[UserCandidates],
+    neighbours: Mapping[str, Sequence[tuple[str, float]]],
+    category_items: Mapping[str, Sequence[tuple[str, float]]],
+    popularity: Sequence[tuple[str, float]],
+) -> list[str]:
+    ids = {item_id for item_id, _ in popularity}
+    sources: set[str] = set()
+    categories: set[str] = set()
+    for user in users:
+        ids.update(user.als)
+        sources.update(item_id for item_id, _, _ in user.recent)
+        categories.update(category for category, _ in user.favourites)
+    for item_id in sources:
+        ids.update(other for other, _ in neighbours.get(item_id, ()))
+    for category in categories:
+        ids.update(item_id for item_id, _ in category_items.get(category, ()))
+    return sorted(ids)
+
+
+def _excluded_cells(
+    users: Sequence[UserCandidates], index: Mapping[str, int]
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    rows = [row for row, user in enumerate(users) for i in user.exclude if i in index]
+    cols = [index[i] for user in users for i in user.exclude if i in index]
+    return _ints(rows), _ints(cols)
+
+
+def _als_scores(users: Sequence[UserCandidates], index: Mapping[str, int]) -> _Scores:
+    rows = [row for row, user in enumerate(users) for _ in user.als]
+    cols = [index[item_id] for user in users for item_id in user.als]
+    values = [score for user in users for score in user.als.values()]
+    return _Scores(_ints(rows), _ints(cols), np.asarray(values, dtype=np.float64))
+
+
+def _itemknn_scores(
+    users: Sequence[UserCandidates],
+    neighbours: Mapping[str, Sequence[tuple[str, float]]],
+    index: Mapping[str, int],
+    half_life: float,
+) -> _Scores:
+    """Votes (users x source items) times similarities (source items x candidates)."""
+    sources = sorted({i for user in users for i, _, _ in user.recent if i in neighbours})
+    if not sources:
+        return _Scores(_ints([]), _ints([]), np.zeros(0))
+    source_index = {item_id: k for k, item_id in enumerate(sources)}
+    sim_rows = [k for k, item_id in enumerate(sources) for _ in neighbours[item_id]]
+    sim_cols = [index[other] for item_id in sources for other, _ in neighbours[item_id]]
+    sims = [similarity for item_id in sources for _, similarity in neighbours[item_id]]
+    similarity = sp.csr_matrix((sims, (sim_rows, sim_cols)), shape=(len(sources), len(index)))
+    vote_rows, vote_cols, votes = [], [], []
+    for row, user in enumerate(users):
+        if not user.recent:
+            continue
+        latest = max(ts for _, _, ts in user.recent)
+        for item_id, weight, ts in user.recent:
+            if item_id in source_index:
+                vote_rows.append(row)
+                vote_cols.append(source_index[item_id])
+                votes.append(weight * decay_factor(latest - ts, half_life))
+    vote_matrix = sp.csr_matrix((votes, (vote_rows, vote_cols)), shape=(len(users), len(sources)))
+    product = (vote_matrix @ similarity).tocoo()
+    return _Scores(product.row.astype(np.int64), product.col.astype(np.int64), product.data)
+
+
+def _category_scores(
+    users: Sequence[UserCandidates],
+    category_items: Mapping[str, Sequence[tuple[str, float]]],
+    index: Mapping[str, int],
+) -> _Scores:
+    """Per user and item, the best ``affinity * relative popularity in the category``."""
+    relative: dict[str, tuple[NDArray[np.int64], NDArray[np.float64]]] = {}
+    row_parts, col_parts, value_parts = [], [], []
+    for row, user in enumerate(users):
+        for category, affinity in user.favourites:
+            if affinity <= 0.0 or not category_items.get(category):
+                continue
+            if category not in relative:
+                scores = log_scores_to_relative(category_items[category])
+                relative[category] = (
+                    _ints([index[i] for i in scores]),
+                    np.fromiter(scores.values(), dtype=np.float64, count=len(scores)),
+                )
+            cols, values = relative[category]
+            row_parts.append(np.full(len(cols), row, dtype=np.int64))
+            col_parts.append(cols)
+            value_parts.append(affinity * values)
+    if not row_parts:
+        return _Scores(_ints([]), _ints([]), np.zeros(0))
+    rows, cols = np.concatenate(row_parts), np.concatenate(col_parts)
+    values = np.concatenate(value_parts)
+    # An item in two favourite categories keeps its better score (a max, not a sum).
+    order = np.lexsort((-values, cols, rows))
+    rows, cols, values = rows[order], cols[order], values[order]
+    first = np.ones(len(rows), dtype=bool)
+    first[1:] = (rows[1:] != rows[:-1]) | (cols[1:] != cols[:-1])
+    return _Scores(rows[first], cols[first], values[first])
+
+
+def _popularity_scores(
+    user_count: int, popularity: Sequence[tuple[str, float]], index: Mapping[str, int]
+) -> _Scores:
+    scores = log_scores_to_relative(popularity)
+    cols = _ints([index[i] for i in scores])
+    values = np.fromiter(scores.values(), dtype=np.float64, count=len(scores))
+    rows = np.repeat(np.arange(user_count, dtype=np.int64), len(cols))
+    return _Scores(rows, np.tile(cols, user_count), np.tile(values, user_count))
+
+
+def _ints(values: Sequence[int]) -> NDArray[np.int64]:
+    return np.asarray(values, dtype=np.int64)

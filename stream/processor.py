@@ -19,7 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from models.profile import Interaction, ItemDeltas, Order, ProfileParams, UserRecord
-from models.recommend import blend, category_scores, itemknn_scores, log_scores_to_relative
+from models.recommend import Recommendation, UserCandidates, rank_batch
 from models.serving import AlsScorer, PublishedModel
 from shoppulse.errors import InvalidEvent, StoreError
 from shoppulse.settings import Settings
@@ -28,7 +28,7 @@ from stream.events import CatalogIn, decode_catalog, decode_click, decode_order
 from stream.keys import Topics
 from stream.model_store import ModelStore
 from stream.privacy import pseudonymise_events
-from stream.store import RecommendationInputs, RedisStore, SimilarityParams
+from stream.store import RedisStore, SimilarityParams
 
 log = logging.getLogger(__name__)
 
@@ -287,34 +287,38 @@ class Processor:
         inputs = await self.store.recommendation_inputs(
             source_items, categories, popular_n, als_items
         )
+        ranked = rank_batch(
+            [
+                UserCandidates(
+                    recent[r.user_id], favourites[r.user_id], als.get(r.user_id, {}), exclude
+                )
+                for r in records
+                for exclude in [self._excluded(r, inputs.out_of_stock)]
+            ],
+            inputs.neighbours,
+            inputs.category_items,
+            inputs.popularity,
+            self.settings.blend_weights,
+            self.settings.recs_count,
+            half_life,
+        )
         documents = [
-            self._document(
-                r, recent[r.user_id], favourites[r.user_id], als.get(r.user_id, {}), inputs, clock
-            )
-            for r in records
+            self._document(r, items, clock) for r, items in zip(records, ranked, strict=True)
         ]
         await self.store.write_recommendations(documents)
         return documents
 
-    def _document(
-        self,
-        record: UserRecord,
-        recent: list[tuple[str, float, float]],
-        favourites: list[tuple[str, float]],
-        als: dict[str, float],
-        inputs: RecommendationInputs,
-        clock: float,
-    ) -> dict[str, Any]:
-        sources = {
-            "als": als,
-            "itemknn": itemknn_scores(recent, inputs.neighbours, self.profile_params.half_life),
-            "category": category_scores(favourites, inputs.category_items),
-            "popularity": log_scores_to_relative(inputs.popularity),
-        }
-        exclude = record.purchased() | inputs.out_of_stock
+    def _excluded(self, record: UserRecord, out_of_stock: set[str]) -> set[str]:
+        """Never recommended to this user: bought, out of stock, and (unless configured)
+        recently seen."""
+        exclude = record.purchased() | out_of_stock
         if not self.settings.recommend_seen:
             exclude |= {item for item, _, _ in record.recent_items()}
-        ranked = blend(sources, self.settings.blend_weights, exclude, self.settings.recs_count)
+        return exclude
+
+    def _document(
+        self, record: UserRecord, ranked: Sequence[Recommendation], clock: float
+    ) -> dict[str, Any]:
         return {
             "user_id": record.user_id,
             "items": [{"item_id": r.item_id, "score": r.score, "source": r.source} for r in ranked],
