@@ -122,3 +122,23 @@ def test_churn_keys_byte_for_byte() -> None:
     assert keys.churn_models() == "shop:churnmodels"
     assert keys.rescore_marker("day-19000") == "shop:rescore:day-19000"
     assert keys.current_model("churn") == "shop:current:churn"
+
+
+def test_shop_events_catalog_first_then_user_events_in_time_order() -> None:
+    from shoppulse.replay import shop_events
+
+    orders = [
+        {"event_id": "o", "user_id": "u", "ts": 20.0, "items": [{"item_id": "a", "price": 3.0}]}
+    ]
+    clicks = [
+        {"event_id": "c1", "user_id": "u", "item_id": "b", "ts": 10.0, "type": "view"},
+        {"event_id": "c2", "user_id": "v", "item_id": "a", "ts": 30.0, "type": "view"},
+    ]
+    stream = shop_events(orders, clicks)
+    assert [key for key, _ in stream.catalog] == [b"a", b"b"]
+    assert [(kind, ts) for kind, ts, _ in stream.events] == [
+        ("clicks", 10.0),
+        ("orders", 20.0),
+        ("clicks", 30.0),
+    ]
+    assert all(message[0] in (b"u", b"v") for _, _, message in stream.events)
