@@ -491,8 +491,11 @@ def _read_json(settings: Settings, key: str) -> Any:
     client = redis.Redis.from_url(settings.redis_dsn)
     try:
         raw = client.get(key)
-    except redis.RedisError as exc:
-        fail(f"cannot read Redis at {_safe_url(settings.redis_dsn)}: {exc}")
+    # TypeError/ValueError: URL options that do not fit the scheme (e.g. ssl_ca_certs on
+    # redis://) only surface on the first connection.
+    except (redis.RedisError, TypeError, ValueError) as exc:
+        problem = localstack.without_password(str(exc), settings.redis_dsn)
+        fail(f"cannot read Redis at {_safe_url(settings.redis_dsn)}: {problem}")
     finally:
         client.close()
     return orjson.loads(raw) if raw is not None else None

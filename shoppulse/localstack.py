@@ -115,19 +115,20 @@ def redis_problem(url: str, timeout: float = 1.0) -> str | None:
     try:
         client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
     except Exception as exc:
-        return _without_password(f"bad Redis URL ({exc})", url)
+        return without_password(f"bad Redis URL ({exc})", url)
     try:
         client.ping()
     except redis.AuthenticationError as exc:
-        return _without_password(f"Redis refused the credentials ({exc})", url)
+        return without_password(f"Redis refused the credentials ({exc})", url)
     except Exception as exc:
-        return _without_password(f"{type(exc).__name__}: {exc}", url)
+        return without_password(f"{type(exc).__name__}: {exc}", url)
     finally:
         client.close()
     return None
 
 
-def _without_password(text: str, url: str) -> str:
+def without_password(text: str, url: str) -> str:
+    """``text`` with the URL's password, if it holds one, replaced by ``***``."""
     try:
         password = urlparse(url).password
     except ValueError:
