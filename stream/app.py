@@ -121,6 +121,14 @@ def create_app(settings: Settings) -> faust.App:
             outcome = isolate_failures(batch, processor().process_catalog)
             await publish(await timed_batch("catalog", events, outcome))
 
+    @app.timer(1.0)  # type: ignore[untyped-decorator]  # faust leaves timer untyped
+    async def publish_churn_alerts() -> None:
+        """Alerts of background re-scoring (silence, a new churn model) when no batch came."""
+        if "processor" in state:
+            alerts = state["processor"].churn.take_alerts()
+            if alerts:
+                await publish(BatchOutcome(alerts=alerts))
+
     register_web(app, settings)
     return app
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -177,7 +177,11 @@ def _write_profile(
 
 class ChurnService:
     """Follows the published churn model, and re-scores everyone when the clock crosses a UTC
-    day or a new model goes live (one worker per day or version: a SET NX marker decides)."""
+    day or a new model goes live (one worker per day or version: a SET NX marker decides).
+
+    In a worker the re-scoring runs as a background task beside event processing (each chunk is
+    version-checked, so it never overwrites what an event batch wrote); the alerts it fires are
+    handed out by :meth:`take_alerts`, which the next batch and a timer of the app call."""
 
     def __init__(self, store: RedisStore, settings: Settings) -> None:
         self.store = store
@@ -186,6 +190,9 @@ class ChurnService:
         self.models: ChurnModels | None = None
         self._day: int | None = None  # the last day this worker checked the marker for
         self.clock = -math.inf  # the highest service clock this worker has seen
+        self._task: asyncio.Task[None] | None = None  # the running background re-score
+        self._again_at: float | None = None  # re-score again as of this clock when it ends
+        self._ready: list[dict[str, Any]] = []  # alerts of background re-scores, not yet out
 
     async def follow(self) -> bool:
         """Switch to the published churn version if it changed (one GET). True if it did."""
@@ -210,9 +217,15 @@ class ChurnService:
         claimed = await self.store.client.set(marker, "1", nx=True, ex=MARKER_TTL_SECONDS)
         return bool(claimed)
 
+    def take_alerts(self) -> list[dict[str, Any]]:
+        """Alerts that background re-scoring fired since the last call (already in Redis)."""
+        alerts, self._ready = self._ready, []
+        return alerts
+
     async def after_batch(self, clock: float, model_changed: bool) -> list[dict[str, Any]]:
-        """Re-score everyone if this batch moved the clock into a new UTC day, or a new model
-        is live, and this worker claims it; returns the alerts that fired."""
+        """Start re-scoring everyone in the background if this batch moved the clock into a new
+        UTC day, or a new model is live, and this worker claims it; returns the alerts that
+        background re-scoring has fired so far."""
         self.clock = max(self.clock, clock)
         if self.models is None:
             return []
@@ -224,14 +237,32 @@ class ChurnService:
             self._day = day
             if await self.claim(f"day-{day}"):
                 due = True
-        if not due:
-            return []
-        return await self.rescore_all(clock)
+        if due:
+            if self._task is not None and not self._task.done():
+                self._again_at = clock  # one more pass, as of the newest clock, when it ends
+            else:
+                self._task = asyncio.create_task(self._rescore_in_background(clock))
+        return self.take_alerts()
 
-    async def rescore_all(self, clock: float) -> list[dict[str, Any]]:
+    async def _rescore_in_background(self, clock: float) -> None:
+        while True:
+            try:
+                await self.rescore_all(clock, lambda fired: self._ready.extend(fired))
+            except Exception:
+                # Logged, never dropped silently: the users not reached keep their last score
+                # until their next event, the next UTC day or the next model.
+                log.exception("re-scoring everyone as of %.0f failed", clock)
+            if self._again_at is None:
+                return
+            clock, self._again_at = self._again_at, None
+
+    async def rescore_all(
+        self, clock: float, on_alerts: Callable[[list[dict[str, Any]]], None] | None = None
+    ) -> list[dict[str, Any]]:
         """Every known customer's risk as of ``clock``, chunk by chunk: one pipelined read and
         one atomic, version-checked write per chunk. A user whose version moved meanwhile (an
-        event batch got there first) is re-read and tried again."""
+        event batch got there first) is re-read and tried again. The alerts that fired are
+        returned, and also passed to ``on_alerts`` chunk by chunk as they are written."""
         if self.models is None:
             return []
         alerts: list[dict[str, Any]] = []
@@ -246,7 +277,10 @@ class ChurnService:
                 changed = [r for r in batch if r.user_id in scored_users]
                 stale = await self.store.commit_scores(changed, scores.risks, scores.alerts)
                 stale_set = set(stale)
-                alerts += [a for a in scores.alerts if a["user_id"] not in stale_set]
+                fired = [a for a in scores.alerts if a["user_id"] not in stale_set]
+                alerts += fired
+                if on_alerts is not None and fired:
+                    on_alerts(fired)
                 scored += len(changed) - len(stale_set)
                 if not stale:
                     break

@@ -9,13 +9,18 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
 from models.churn_features import DAY
+from shoppulse.settings import Settings
 from shoppulse.simulator import ShopConfig, simulate_shop
+from stream.churn import ChurnService
+from stream.keys import Keys
+from stream.store import RedisStore, connect
 from tests.integration.conftest import Stack
 
 pytestmark = pytest.mark.integration
@@ -130,3 +135,19 @@ async def test_silence_raises_risk_to_one_alert_and_a_return_lowers_it(
     await stack.wait_seen(seen + 1)
     after = await risk_of(stack, "lapsed")
     assert after is not None and after < 0.3 < lapsed
+
+
+async def test_only_one_worker_claims_a_days_re_scoring(redis_url: str) -> None:
+    namespace = f"t{uuid.uuid4().hex[:10]}"
+    settings = Settings(namespace=namespace)
+    stores = [RedisStore(connect(redis_url), Keys(namespace)) for _ in range(2)]
+    try:
+        services = [ChurnService(store, settings) for store in stores]
+        claims = await asyncio.gather(*(s.claim("day-20000") for s in services))
+        assert sorted(claims) == [False, True]
+        assert await services[0].claim("day-20001")  # another day: claimable again
+    finally:
+        markers = [Keys(namespace).rescore_marker(f"day-{day}") for day in (20000, 20001)]
+        await stores[0].client.delete(*markers)
+        for store in stores:
+            await store.close()
