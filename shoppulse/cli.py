@@ -397,13 +397,31 @@ def bench(
     out: Annotated[Path, typer.Option(help="Where to write the figures as JSON.")] = Path(
         "artifacts/bench.json"
     ),
+    soak: Annotated[
+        float | None,
+        typer.Option(
+            min=0.1,
+            help="Instead: a soak of this many minutes (memory, Redis growth, backlog); "
+            "figures to artifacts/soak.json unless --out is given.",
+        ),
+    ] = None,
+    rate: Annotated[
+        float | None,
+        typer.Option(min=1, help="Soak rate, events/s (default: half the measured drain rate)."),
+    ] = None,
 ) -> None:
     """Drain rate of a bare Faust worker and of the ShopPulse worker side by side,
     click-to-recommendation latency at 50% and 80% load, memory and CPU per event."""
-    from shoppulse.bench import run_bench
-
     settings = load_settings()
     try:
+        if soak is not None:
+            from shoppulse.soak import run_soak
+
+            soak_out = out if out != Path("artifacts/bench.json") else Path("artifacts/soak.json")
+            run_soak(settings, soak, rate, soak_out, console)
+            return
+        from shoppulse.bench import run_bench
+
         run_bench(settings, quick, out, console)
     except ShopPulseError as exc:
         fail(str(exc))
