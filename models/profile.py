@@ -212,12 +212,13 @@ class UserRecord:
             deltas.cooccurrence[(i, j)] += amount
         if new > old:
             deltas.norms[item_id] += norm_increment(old, new)
-        # Most recent by event time first, whatever order the topics delivered events in.
-        if recent and last_ts < float(recent[0][2]):
-            at = next((n for n, e in enumerate(recent) if float(e[2]) <= last_ts), len(recent))
-            recent.insert(at, [item_id, new, last_ts])
-        else:
-            recent.insert(0, [item_id, new, last_ts])
+        # Most recent by event time first, whatever order the topics delivered events in; equal
+        # times by item id, so the order never depends on arrival.
+        at = next(
+            (n for n, e in enumerate(recent) if (-float(e[2]), str(e[0])) > (-last_ts, item_id)),
+            len(recent),
+        )
+        recent.insert(at, [item_id, new, last_ts])
         del recent[params.recent_cap :]
         deltas.popularity.append((item_id, weight, ts))
         if category:

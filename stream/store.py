@@ -291,14 +291,14 @@ class RedisStore:
 
         popularity = _score_pairs(next(replies))
         category_items = {category: _score_pairs(next(replies)) for category in categories}
-        partials = [_score_pairs(next(replies)) for _ in source_items]
+        partials = [next(replies) for _ in source_items]
         norms = next(replies) if source_items else []
         neighbours: dict[str, list[tuple[str, float]]] = {}
         for item_id, pairs, norm in zip(source_items, partials, norms, strict=True):
             # sim:i holds cosine * sqrt(N[i]); divide that factor back out.
             scale = float(norm) ** 0.5 if norm else 0.0
             if scale > 0.0 and pairs:
-                neighbours[item_id] = [(str(other), score / scale) for other, score in pairs]
+                neighbours[item_id] = _score_pairs(pairs, 1.0 / scale)
 
         candidates = {i for pairs in neighbours.values() for i, _ in pairs}
         candidates |= {i for i, _ in popularity}
@@ -333,11 +333,11 @@ def _best_first(pipe: Any, key: str, count: int) -> None:
     pipe.execute_command("ZRANGE", key, 0, count - 1, "REV", "WITHSCORES")
 
 
-def _score_pairs(reply: Any) -> list[tuple[str, float]]:
-    """``(member, score)`` pairs from a raw ZRANGE WITHSCORES reply, in RESP3 (nested pairs)
-    or RESP2 (flat member, score, ...) form."""
+def _score_pairs(reply: Any, scale: float = 1.0) -> list[tuple[str, float]]:
+    """``(member, score * scale)`` pairs from a raw ZRANGE WITHSCORES reply, in RESP3 (nested
+    pairs) or RESP2 (flat member, score, ...) form."""
     if not reply:
         return []
     if isinstance(reply[0], list | tuple):
-        return [(str(member), float(score)) for member, score in reply]
-    return [(str(reply[n]), float(reply[n + 1])) for n in range(0, len(reply), 2)]
+        return [(str(member), float(score) * scale) for member, score in reply]
+    return [(str(reply[n]), float(reply[n + 1]) * scale) for n in range(0, len(reply), 2)]

@@ -105,9 +105,11 @@ class Stack:
                     key = document.get("user_id") or document.get("item_id")
                     await publisher.send(topic, str(key).encode(), orjson.dumps(document))
 
-    async def publish_fast(self, topic: str, documents: list[dict[str, Any]]) -> None:
-        """Pipelined publishing (acks awaited per thousand), for loads."""
-        messages = [(str(d["user_id"]).encode(), orjson.dumps(d)) for d in documents]
+    async def publish_fast(
+        self, topic: str, documents: list[dict[str, Any]], key: str = "user_id"
+    ) -> None:
+        """Pipelined publishing (acks awaited per thousand), for loads; keyed by ``key``."""
+        messages = [(str(d[key]).encode(), orjson.dumps(d)) for d in documents]
         async with Publisher(self.broker) as publisher:
             await publisher.send_many(topic, messages)
 
