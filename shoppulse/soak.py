@@ -3,8 +3,9 @@ memory stays flat, Redis growth is bounded by the caps, and the backlog does not
 
 One run, in a fresh namespace whose Redis keys are deleted at the end:
 
-1. The synthetic shop of ``shoppulse bench`` (fixed users and items, so every per-user and
-   per-item structure reaches its cap during the run; state must then stop growing).
+1. The synthetic shop of ``shoppulse bench``, small (400 users, 600 items) so that every
+   per-user and per-item structure reaches its cap during the run; state must then stop
+   growing.
 2. Unless a rate is given, the worker's drain rate is measured first (a backlog published
    before it starts, taken in as fast as it can), and the soak runs at half of it.
 3. Events are published at that steady rate for the given minutes. Every few seconds: worker
@@ -56,7 +57,11 @@ from stream.store import RedisStore, connect
 from stream.transport import faust_datadir
 
 REPORT_SCHEMA = "shoppulse.soak/1"
-SPEC = LoadSpec(items=3_000, users=6_000, categories=40, seed=7)
+# A small shop, so that within minutes its users and items exist and per-user and per-item
+# state reaches its caps (dedupe ids, interactions, co-occurrences): from then on Redis must
+# stop growing although events keep coming. (With many users, state keeps growing with users
+# seen for the first time, which is not what a soak can judge in minutes.)
+SPEC = LoadSpec(items=600, users=400, categories=20, seed=7)
 SAMPLE_SECONDS = 5.0
 CALIBRATION_EVENTS = 20_000
 CALIBRATION_WARM_UP = 3_000

@@ -5,7 +5,6 @@ key syntax cannot touch another user's keys."""
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Iterator
@@ -245,4 +244,3 @@ async def test_user_ids_that_look_like_keys_cannot_touch_another_users_keys(
         if kind in ("recs", "profile", "ustate"):
             assert rest in members, key
     assert {"recs", "profile", "ustate", "users", "stats"} <= kinds
-    assert os.environ.get("SHOPPULSE_NAMESPACE") != stack.namespace
