@@ -35,7 +35,7 @@ import orjson
 from shoppulse.settings import Settings, get_settings
 from stream.keys import Keys, Topics
 from stream.store import connect
-from stream.transport import faust_app
+from stream.transport import faust_app, faust_worker
 
 BARE_SUFFIX = "-bare"
 PROBE_USER_PREFIX = "probe-"
@@ -85,7 +85,7 @@ def create_bare_app(settings: Settings) -> faust.App:
 def main() -> None:
     """Run the bare worker until it is stopped (SIGINT/SIGTERM)."""
     app = create_bare_app(get_settings())
-    faust.Worker(app, loglevel="warning").execute_from_commandline()
+    faust_worker(app, "warning").execute_from_commandline()
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from stream.metrics import METRICS, timed_batch
 from stream.model_store import ModelStore
 from stream.processor import BatchOutcome, Processor, RawEvent, dead_letter
 from stream.store import RedisStore, connect
-from stream.transport import faust_app
+from stream.transport import faust_app, faust_worker
 from stream.web import register_web
 
 log = logging.getLogger(__name__)
@@ -136,5 +136,5 @@ def create_app(settings: Settings) -> faust.App:
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
     """Run the stream worker in this process until it is stopped (SIGINT/SIGTERM)."""
     app = create_app(settings)
-    worker = faust.Worker(app, loglevel=loglevel)
+    worker = faust_worker(app, loglevel)
     worker.execute_from_commandline()

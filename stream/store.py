@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+import numpy as np
 import orjson
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
@@ -62,6 +63,7 @@ class RedisStore:
         self._commit: AsyncScript = client.register_script(_lua("commit_batch.lua"))
         self._catalog: AsyncScript = client.register_script(_lua("upsert_catalog.lua"))
         self._scores: AsyncScript = client.register_script(_lua("commit_scores.lua"))
+        self._candidates: AsyncScript = client.register_script(_lua("read_candidates.lua"))
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -189,8 +191,9 @@ class RedisStore:
         return [str(user_id) for user_id in stale]
 
     def _popularity_updates(self, deltas: ItemDeltas, half_life: float) -> list[list[Any]]:
-        """Merge the batch's observations per sorted-set member before they go to Redis."""
-        merged: dict[tuple[str, str], float] = {}
+        """The batch's observations merged per sorted-set member, grouped by sorted set:
+        ``[[key, [[item, log_weight], ...]], ...]``."""
+        merged: dict[str, dict[str, float]] = defaultdict(dict)
         observations = [(self.keys.popularity(), i, w, ts) for i, w, ts in deltas.popularity]
         observations += [
             (self.keys.category_popularity(c), i, w, ts)
@@ -198,9 +201,10 @@ class RedisStore:
         ]
         for key, item_id, weight, ts in observations:
             score = log_forward_weight(weight, ts, half_life)
-            current = merged.get((key, item_id))
-            merged[(key, item_id)] = score if current is None else logaddexp(current, score)
-        return [[key, item_id, score] for (key, item_id), score in merged.items()]
+            scores = merged[key]
+            current = scores.get(item_id)
+            scores[item_id] = score if current is None else logaddexp(current, score)
+        return [[key, [[i, s] for i, s in scores.items()]] for key, scores in merged.items()]
 
     async def user_chunks(self, size: int = 1000) -> AsyncIterator[list[str]]:
         """Every known user id, in chunks (SSCAN: never blocks Redis on a big set)."""
@@ -277,41 +281,32 @@ class RedisStore:
         more_candidates: Sequence[str] = (),
     ) -> RecommendationInputs:
         """Neighbours of the source items, popular items overall and per category, and which
-        of all those candidates are out of stock: two round trips for the whole batch."""
+        of all those candidates are out of stock: one script call for the whole batch."""
         keys = self.keys
-        pipe = self.client.pipeline(transaction=False)
-        _best_first(pipe, keys.popularity(), popular_n)
-        for category in categories:
-            _best_first(pipe, keys.category_popularity(category), popular_n)
-        for item_id in source_items:
-            _best_first(pipe, keys.neighbours(item_id), 0)
-        if source_items:
-            pipe.hmget(keys.item_norms(), list(source_items))
-        replies = iter(await pipe.execute())
-
-        popularity = _score_pairs(next(replies))
-        category_items = {category: _score_pairs(next(replies)) for category in categories}
-        partials = [next(replies) for _ in source_items]
-        norms = next(replies) if source_items else []
+        payload = {
+            "popularity": keys.popularity(),
+            "popular_n": popular_n,
+            "categories": [keys.category_popularity(c) for c in categories],
+            "neighbours": [keys.neighbours(i) for i in source_items],
+            "norms_key": keys.item_norms(),
+            "items": list(source_items),
+            "out_of_stock": keys.out_of_stock(),
+            "extra": list(more_candidates),
+        }
+        reply = await self._candidates(args=[orjson.dumps(payload)])
+        popular, category_replies, partials, norms, out_of_stock = reply
         neighbours: dict[str, list[tuple[str, float]]] = {}
-        for item_id, pairs, norm in zip(source_items, partials, norms, strict=True):
+        for item_id, flat, norm in zip(source_items, partials, norms, strict=True):
             # sim:i holds cosine * sqrt(N[i]); divide that factor back out.
             scale = float(norm) ** 0.5 if norm else 0.0
-            if scale > 0.0 and pairs:
-                neighbours[item_id] = _score_pairs(pairs, 1.0 / scale)
-
-        candidates = {i for pairs in neighbours.values() for i, _ in pairs}
-        candidates |= {i for i, _ in popularity}
-        candidates |= {i for pairs in category_items.values() for i, _ in pairs}
-        candidates.update(more_candidates)
-        out_of_stock = await self._out_of_stock(sorted(candidates))
-        return RecommendationInputs(neighbours, popularity, category_items, out_of_stock)
-
-    async def _out_of_stock(self, item_ids: list[str]) -> set[str]:
-        if not item_ids:
-            return set()
-        flags = await self.client.smismember(self.keys.out_of_stock(), item_ids)
-        return {item_id for item_id, flag in zip(item_ids, flags, strict=True) if flag}
+            if scale > 0.0 and flat:
+                neighbours[item_id] = _score_pairs(flat, 1.0 / scale)
+        return RecommendationInputs(
+            neighbours,
+            _score_pairs(popular),
+            {c: _score_pairs(flat) for c, flat in zip(categories, category_replies, strict=True)},
+            {str(item_id) for item_id in out_of_stock},
+        )
 
     async def write_recommendations(self, documents: Sequence[dict[str, Any]]) -> None:
         pipe = self.client.pipeline(transaction=False)
@@ -325,19 +320,13 @@ class RedisStore:
         return orjson.loads(raw) if raw is not None else None
 
 
-def _best_first(pipe: Any, key: str, count: int) -> None:
-    """Queue ``ZRANGE key 0 count-1 REV WITHSCORES`` (``count`` 0: all) as a raw command.
-
-    Raw, because redis-py's reply callback for sorted sets with scores re-encodes every score
-    to text and parses it back (RESP3 to RESP2 compatibility): most of a batch's read time."""
-    pipe.execute_command("ZRANGE", key, 0, count - 1, "REV", "WITHSCORES")
-
-
-def _score_pairs(reply: Any, scale: float = 1.0) -> list[tuple[str, float]]:
-    """``(member, score * scale)`` pairs from a raw ZRANGE WITHSCORES reply, in RESP3 (nested
-    pairs) or RESP2 (flat member, score, ...) form."""
-    if not reply:
+def _score_pairs(flat: Sequence[Any], scale: float = 1.0) -> list[tuple[str, float]]:
+    """``(member, score * scale)`` pairs from a flat ``member, score, ...`` ZRANGE reply (as a
+    script returns it), best first. Scores are parsed by numpy: a batch reads tens of
+    thousands of them."""
+    if not flat:
         return []
-    if isinstance(reply[0], list | tuple):
-        return [(str(member), float(score) * scale) for member, score in reply]
-    return [(str(reply[n]), float(reply[n + 1]) * scale) for n in range(0, len(reply), 2)]
+    scores = np.array(flat[1::2], dtype=np.float64)
+    if scale != 1.0:
+        scores *= scale
+    return list(zip(map(str, flat[0::2]), scores.tolist(), strict=True))

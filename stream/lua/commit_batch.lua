@@ -4,7 +4,7 @@
 --   users:  [[id, state_key, profile_key, expect]]   (expect = the version that was read)
 --   norms:  [[item, delta]]                 increments of N[i] = sum_u r[u,i]^2
 --   cooc:   [[i, [[j, delta], ...]]]        increments of C[i,j]
---   pop:    [[zset_key, item, log_weight]]  log forward-decayed popularity observations
+--   pop:    [[zset_key, [[item, log_weight], ...]]]  log forward-decayed popularity, per set
 --   cooc_prefix, sim_prefix                 key prefixes (ids appended) of C and of neighbours
 --   norms_key, users_key, clock_key, clock, cooc_cap, k, shrinkage
 --   stats_key, applied, duplicates          counters of events applied and skipped as duplicates
@@ -19,6 +19,30 @@
 
 local p = cjson.decode(ARGV[1])
 local function num(x) return string.format('%.17g', x) end
+local CHUNK = 1000 -- members per command, well inside Lua's stack
+
+-- One command per chunk of arguments: a call from Lua costs more than the work of one member,
+-- so every set is read and written with one command per key, not one per member.
+local function each_chunk(items, width, fn)
+  for first = 1, #items, CHUNK * width do
+    fn(first, math.min(first + CHUNK * width - 1, #items))
+  end
+end
+local function read_scores(key, members)
+  local scores = {}
+  each_chunk(members, 1, function(first, last)
+    local reply = redis.call('ZMSCORE', key, unpack(members, first, last))
+    for n = 1, #reply do scores[first + n - 1] = reply[n] and tonumber(reply[n]) end
+  end)
+  return scores
+end
+local function write_scores(key, flat) -- flat: score, member, score, member, ...
+  each_chunk(flat, 2, function(first, last) redis.call('ZADD', key, unpack(flat, first, last)) end)
+end
+local function trim(key, cap)
+  local size = redis.call('ZCARD', key)
+  if size > cap then redis.call('ZREMRANGEBYRANK', key, 0, size - cap - 1) end
+end
 
 local stale = {}
 for _, u in ipairs(p.users) do
@@ -27,11 +51,15 @@ for _, u in ipairs(p.users) do
 end
 if #stale > 0 then return stale end
 
+local user_ids = {}
 for n, u in ipairs(p.users) do
   redis.call('HSET', u[2], 'v', u[4] + 1, 's', ARGV[2 * n])
   redis.call('SET', u[3], ARGV[2 * n + 1])
-  redis.call('SADD', p.users_key, u[1])
+  user_ids[n] = u[1]
 end
+each_chunk(user_ids, 1, function(first, last)
+  redis.call('SADD', p.users_key, unpack(user_ids, first, last))
+end)
 
 if p.risk_key then
   for _, r in ipairs(p.risks) do redis.call('ZADD', p.risk_key, num(r[2]), r[1]) end
@@ -40,48 +68,68 @@ if p.risk_key then
   if #ARGV >= first then redis.call('LTRIM', p.alerts_key, 0, p.alerts_cap - 1) end
 end
 
+-- N[i]: the batch's increments, then the stored norms of every other item a pair names.
 local norms = {}
 for _, n in ipairs(p.norms) do
   norms[n[1]] = tonumber(redis.call('HINCRBYFLOAT', p.norms_key, n[1], num(n[2])))
 end
-local function norm_of(item)
-  local value = norms[item]
-  if value == nil then
-    value = tonumber(redis.call('HGET', p.norms_key, item) or '0')
-    norms[item] = value
+local unknown, asked = {}, {}
+for _, entry in ipairs(p.cooc) do
+  for _, pair in ipairs(entry[2]) do
+    local j = pair[1]
+    if norms[j] == nil and not asked[j] then
+      asked[j] = true
+      unknown[#unknown + 1] = j
+    end
   end
-  return value
 end
+each_chunk(unknown, 1, function(first, last)
+  local reply = redis.call('HMGET', p.norms_key, unpack(unknown, first, last))
+  for n = 1, #reply do norms[unknown[first + n - 1]] = tonumber(reply[n] or '0') end
+end)
 
 -- Co-occurrence, and the similarity of each pair it touched. sim:i stores
 -- C[i,j] / sqrt(N[j]) * C / (C + shrinkage): the cosine times sqrt(N[i]), a factor common to
--- all of i's neighbours, so i's ranking needs no rewrite when N[i] changes.
+-- all of i's neighbours, so i's ranking needs no rewrite when N[i] changes. C[i,j] is read,
+-- added to and written back in double precision, exactly as ZINCRBY would.
 for _, entry in ipairs(p.cooc) do
   local cooc_key = p.cooc_prefix .. entry[1]
   local sim_key = p.sim_prefix .. entry[1]
-  for _, pair in ipairs(entry[2]) do
-    local count = tonumber(redis.call('ZINCRBY', cooc_key, num(pair[2]), pair[1]))
-    local norm = norm_of(pair[1])
+  local members = {}
+  for n, pair in ipairs(entry[2]) do members[n] = pair[1] end
+  local stored = read_scores(cooc_key, members)
+  local counts, similarities = {}, {}
+  for n, pair in ipairs(entry[2]) do
+    local count = (stored[n] or 0) + pair[2]
+    counts[#counts + 1] = num(count)
+    counts[#counts + 1] = pair[1]
+    local norm = norms[pair[1]]
     if norm > 0 and count > 0 then
-      local partial = count / math.sqrt(norm) * count / (count + p.shrinkage)
-      redis.call('ZADD', sim_key, num(partial), pair[1])
+      similarities[#similarities + 1] = num(count / math.sqrt(norm) * count / (count + p.shrinkage))
+      similarities[#similarities + 1] = pair[1]
     end
   end
-  local size = redis.call('ZCARD', cooc_key)
-  if size > p.cooc_cap then redis.call('ZREMRANGEBYRANK', cooc_key, 0, size - p.cooc_cap - 1) end
-  size = redis.call('ZCARD', sim_key)
-  if size > p.k then redis.call('ZREMRANGEBYRANK', sim_key, 0, size - p.k - 1) end
+  write_scores(cooc_key, counts)
+  write_scores(sim_key, similarities)
+  trim(cooc_key, p.cooc_cap)
+  trim(sim_key, p.k)
 end
 
-for _, e in ipairs(p.pop) do
-  local current = redis.call('ZSCORE', e[1], e[2])
-  local score = e[3]
-  if current then
-    current = tonumber(current)
-    local high, low = math.max(current, score), math.min(current, score)
-    score = high + math.log(1 + math.exp(low - high))
+-- Popularity: log forward-decayed scores, merged with the stored ones by log-add-exp.
+for _, entry in ipairs(p.pop) do
+  local members, scores = {}, {}
+  for n, e in ipairs(entry[2]) do members[n] = e[1] end
+  local stored = read_scores(entry[1], members)
+  for n, e in ipairs(entry[2]) do
+    local score, current = e[2], stored[n]
+    if current then
+      local high, low = math.max(current, score), math.min(current, score)
+      score = high + math.log(1 + math.exp(low - high))
+    end
+    scores[#scores + 1] = num(score)
+    scores[#scores + 1] = e[1]
   end
-  redis.call('ZADD', e[1], num(score), e[2])
+  write_scores(entry[1], scores)
 end
 
 redis.call('HINCRBY', p.stats_key, 'applied', p.applied)

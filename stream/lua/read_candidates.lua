@@ -1,0 +1,55 @@
+-- Read everything the recommender needs for a batch of users in one call.
+--
+-- ARGV[1] is a JSON document built by stream/store.py:
+--   popularity, popular_n       the overall popularity sorted set and how many of its best
+--   categories: [key]           per-category popularity sorted sets (popular_n best of each)
+--   neighbours: [key]           similarity sorted sets, read whole (they hold the top K)
+--   norms_key, items: [id]      the norms hash and the items whose norms to read (parallel to
+--                               neighbours: sim:i is divided by sqrt(N[i]) in Python)
+--   out_of_stock, extra: [id]   the out-of-stock set, and candidates from elsewhere (ALS)
+-- Returns {popularity, {category, ...}, {neighbours, ...}, norms, out_of_stock}: each sorted
+-- set as ZRANGE ... REV WITHSCORES gives it (member, score, member, score, ...), the norms as
+-- HMGET gives them, and which of all the candidates seen are out of stock.
+--
+-- One script instead of a pipeline of one ZRANGE per item: the client's cost is per command,
+-- and a batch reads the neighbours of hundreds of items.
+
+local p = cjson.decode(ARGV[1])
+local CHUNK = 1000 -- arguments per command, well inside Lua's stack
+
+local seen, candidates = {}, {}
+local function note(member)
+  if not seen[member] then
+    seen[member] = true
+    candidates[#candidates + 1] = member
+  end
+end
+
+local function best(key, count)
+  local flat = redis.call('ZRANGE', key, 0, count - 1, 'REV', 'WITHSCORES')
+  for n = 1, #flat, 2 do note(flat[n]) end
+  return flat
+end
+
+local function chunked(command, key, ids, each)
+  for first = 1, #ids, CHUNK do
+    local last = math.min(first + CHUNK - 1, #ids)
+    local reply = redis.call(command, key, unpack(ids, first, last))
+    for n = 1, #reply do each(first + n - 1, reply[n]) end
+  end
+end
+
+local popularity = best(p.popularity, p.popular_n)
+local categories = {}
+for n, key in ipairs(p.categories) do categories[n] = best(key, p.popular_n) end
+local neighbours = {}
+for n, key in ipairs(p.neighbours) do neighbours[n] = best(key, 0) end
+for _, member in ipairs(p.extra) do note(member) end
+
+local norms = {}
+chunked('HMGET', p.norms_key, p.items, function(n, value) norms[n] = value end)
+local out_of_stock = {}
+chunked('SMISMEMBER', p.out_of_stock, candidates, function(n, flag)
+  if flag == 1 then out_of_stock[#out_of_stock + 1] = candidates[n] end
+end)
+return {popularity, categories, neighbours, norms, out_of_stock}
