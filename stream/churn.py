@@ -37,6 +37,7 @@ from models.churn_features import (
 )
 from models.profile import Interaction, Order, UserRecord
 from models.segments import SegmentModel
+from shoppulse.errors import ShopPulseError
 from shoppulse.settings import Settings
 from stream.model_store import ChurnModels, ChurnModelStore
 from stream.store import RedisStore
@@ -188,6 +189,7 @@ class ChurnService:
         self.config = ChurnConfig.from_settings(settings)
         self.models_store = ChurnModelStore(store.client, store.keys)
         self.models: ChurnModels | None = None
+        self.refused_models: set[str] = set()  # versions that failed to decode
         self._day: int | None = None  # the last day this worker checked the marker for
         self.clock = -math.inf  # the highest service clock this worker has seen
         self._task: asyncio.Task[None] | None = None  # the running background re-score
@@ -197,9 +199,18 @@ class ChurnService:
     async def follow(self) -> bool:
         """Switch to the published churn version if it changed (one GET). True if it did."""
         version = await self.models_store.current_version()
-        if version is None or (self.models is not None and self.models.version == version):
+        if version is None or version in self.refused_models:
             return False
-        models = await self.models_store.load(version)
+        if self.models is not None and self.models.version == version:
+            return False
+        try:
+            models = await self.models_store.load(version)
+        except ShopPulseError as exc:
+            # A broken version must not stop the stream: keep scoring with the one in hand.
+            self.refused_models.add(version)
+            serving = self.models.version if self.models is not None else None
+            log.error("refusing churn model %s (%s); still scoring with %s", version, exc, serving)
+            return False
         if models is None:
             return False
         self.models = models

@@ -21,7 +21,7 @@ from numpy.typing import NDArray
 from models.profile import Interaction, ItemDeltas, Order, ProfileParams, UserRecord
 from models.recommend import Recommendation, UserCandidates, rank_batch
 from models.serving import AlsScorer, PublishedModel
-from shoppulse.errors import InvalidEvent, StoreError
+from shoppulse.errors import InvalidEvent, ShopPulseError, StoreError
 from shoppulse.settings import Settings
 from stream.churn import BatchHistories, ChurnService, changes_history
 from stream.events import CatalogIn, decode_catalog, decode_click, decode_order
@@ -118,6 +118,7 @@ class Processor:
         self.store = store
         self.models = models
         self.scorer: AlsScorer | None = None
+        self.refused_models: set[str] = set()  # versions that failed to decode
         self.settings = settings
         self.topics = Topics(settings.namespace)
         self.profile_params = profile_params(settings)
@@ -225,9 +226,18 @@ class Processor:
         if self.models is None:
             return
         version = await self.models.current_version()
-        if version is None or (self.scorer is not None and self.scorer.version == version):
+        if version is None or version in self.refused_models:
             return
-        model = await self.models.load(version)
+        if self.scorer is not None and self.scorer.version == version:
+            return
+        try:
+            model = await self.models.load(version)
+        except ShopPulseError as exc:
+            # Whoever wrote it, a broken version must not stop the stream: keep serving the
+            # model in hand and do not try this version again.
+            self.refused_models.add(version)
+            log.error("refusing model %s (%s); still serving %s", version, exc, self.model_version)
+            return
         if model is not None:
             self.use_model(model)
             log.info("now serving model %s", version)
