@@ -21,6 +21,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 
+import numpy as np
+from numpy.typing import NDArray
+
 
 def cooccurrence_increments(
     item_id: str, delta: float, user_items: Iterable[tuple[str, float]]
@@ -67,6 +70,23 @@ def cosine_similarities(
         cosine = count / math.sqrt(item_norm * other_norm)
         similarities[other_id] = min(cosine, 1.0) * count / (count + shrinkage)
     return similarities
+
+
+def shrunk_cosine_array(
+    counts: NDArray[np.float64],
+    item_norms: NDArray[np.float64],
+    other_norms: NDArray[np.float64],
+    shrinkage: float,
+) -> NDArray[np.float64]:
+    """:func:`cosine_similarities` for many pairs at once: pair ``n`` has count ``counts[n]``
+    and norms ``item_norms[n]``, ``other_norms[n]``. Pairs that function leaves out (a
+    non-positive or missing (NaN) count or norm) get 0.0, every other pair a positive value."""
+    usable = (counts > 0.0) & (item_norms > 0.0) & (other_norms > 0.0)
+    result = np.zeros(len(counts), dtype=np.float64)
+    c = counts[usable]
+    cosine = np.minimum(c / np.sqrt(item_norms[usable] * other_norms[usable]), 1.0)
+    result[usable] = cosine * c / (c + shrinkage)
+    return result
 
 
 def top_k(scores: Mapping[str, float], k: int) -> list[tuple[str, float]]:

@@ -295,7 +295,7 @@ class Processor:
         popular_n = max(100, 5 * self.settings.recs_count)
         als_items = sorted({item for scores in als.values() for item in scores})
         inputs = await self.store.recommendation_inputs(
-            source_items, categories, popular_n, als_items
+            source_items, categories, popular_n, self.similarity_params.shrinkage, als_items
         )
         ranked = rank_batch(
             [

@@ -19,6 +19,7 @@ from redis.commands.core import AsyncScript
 
 from models.decay import log_forward_weight, logaddexp
 from models.profile import ItemDeltas, UserRecord
+from models.similarity import shrunk_cosine_array
 from stream.events import CatalogIn
 from stream.keys import Keys
 
@@ -278,31 +279,29 @@ class RedisStore:
         source_items: Sequence[str],
         categories: Sequence[str],
         popular_n: int,
+        shrinkage: float,
         more_candidates: Sequence[str] = (),
     ) -> RecommendationInputs:
-        """Neighbours of the source items, popular items overall and per category, and which
-        of all those candidates are out of stock: one script call for the whole batch."""
+        """Neighbours of the source items with their similarity as of now, popular items
+        overall and per category, and which of all those candidates are out of stock: one
+        script call for the whole batch."""
         keys = self.keys
         payload = {
             "popularity": keys.popularity(),
             "popular_n": popular_n,
             "categories": [keys.category_popularity(c) for c in categories],
-            "neighbours": [keys.neighbours(i) for i in source_items],
-            "norms_key": keys.item_norms(),
             "items": list(source_items),
+            "sim_prefix": keys.prefix_of(keys.neighbours),
+            "cooc_prefix": keys.prefix_of(keys.cooccurrence),
+            "norms_key": keys.item_norms(),
             "out_of_stock": keys.out_of_stock(),
             "extra": list(more_candidates),
         }
         reply = await self._candidates(args=[orjson.dumps(payload)])
-        popular, category_replies, partials, norms, out_of_stock = reply
-        neighbours: dict[str, list[tuple[str, float]]] = {}
-        for item_id, flat, norm in zip(source_items, partials, norms, strict=True):
-            # sim:i holds cosine * sqrt(N[i]); divide that factor back out.
-            scale = float(norm) ** 0.5 if norm else 0.0
-            if scale > 0.0 and flat:
-                neighbours[item_id] = _score_pairs(flat, 1.0 / scale)
+        popular, category_replies, members, counts, norm_ids, norms, out_of_stock = reply
+        norm_of = {str(i): float(n) for i, n in zip(norm_ids, norms, strict=True) if n}
         return RecommendationInputs(
-            neighbours,
+            _similarities(source_items, members, counts, norm_of, shrinkage),
             _score_pairs(popular),
             {c: _score_pairs(flat) for c, flat in zip(categories, category_replies, strict=True)},
             {str(item_id) for item_id in out_of_stock},
@@ -320,13 +319,37 @@ class RedisStore:
         return orjson.loads(raw) if raw is not None else None
 
 
-def _score_pairs(flat: Sequence[Any], scale: float = 1.0) -> list[tuple[str, float]]:
-    """``(member, score * scale)`` pairs from a flat ``member, score, ...`` ZRANGE reply (as a
-    script returns it), best first. Scores are parsed by numpy: a batch reads tens of
-    thousands of them."""
+def _score_pairs(flat: Sequence[Any]) -> list[tuple[str, float]]:
+    """``(member, score)`` pairs from a flat ``member, score, ...`` ZRANGE reply (as a script
+    returns it), best first. Scores are parsed by numpy: a batch reads thousands of them."""
     if not flat:
         return []
     scores = np.array(flat[1::2], dtype=np.float64)
-    if scale != 1.0:
-        scores *= scale
     return list(zip(map(str, flat[0::2]), scores.tolist(), strict=True))
+
+
+def _similarities(
+    items: Sequence[str],
+    members: Sequence[Sequence[Any]],
+    counts: Sequence[Sequence[Any]],
+    norms: dict[str, float],
+    shrinkage: float,
+) -> dict[str, list[tuple[str, float]]]:
+    """Each item's kept neighbours with their shrunk cosine from C and N as they are now, for
+    the whole batch in one array pass. Pairs whose count is gone (trimmed) are left out."""
+    others = [str(j) for neighbours in members for j in neighbours]
+    if not others:
+        return {}
+    lengths = [len(neighbours) for neighbours in members]
+    count = np.array([c or "nan" for found in counts for c in found], dtype=np.float64)
+    item_norm = np.repeat([norms.get(i, 0.0) for i in items], lengths)
+    other_norm = np.array([norms.get(j, 0.0) for j in others], dtype=np.float64)
+    values = shrunk_cosine_array(count, item_norm, other_norm, shrinkage).tolist()
+    found_pairs: dict[str, list[tuple[str, float]]] = {}
+    end = 0
+    for item, length in zip(items, lengths, strict=True):
+        start, end = end, end + length
+        pairs = [(others[n], values[n]) for n in range(start, end) if values[n] > 0.0]
+        if pairs:
+            found_pairs[item] = pairs
+    return found_pairs

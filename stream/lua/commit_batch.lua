@@ -88,9 +88,10 @@ each_chunk(unknown, 1, function(first, last)
   for n = 1, #reply do norms[unknown[first + n - 1]] = tonumber(reply[n] or '0') end
 end)
 
--- Co-occurrence, and the similarity of each pair it touched. sim:i stores
+-- Co-occurrence, and the similarity of each pair it touched. sim:i ranks i's neighbours by
 -- C[i,j] / sqrt(N[j]) * C / (C + shrinkage): the cosine times sqrt(N[i]), a factor common to
--- all of i's neighbours, so i's ranking needs no rewrite when N[i] changes. C[i,j] is read,
+-- all of i's neighbours, so i's ranking needs no rewrite when N[i] changes. It decides which
+-- K neighbours i keeps; the similarity served is computed from C and N when read. C[i,j] is read,
 -- added to and written back in double precision, exactly as ZINCRBY would.
 for _, entry in ipairs(p.cooc) do
   local cooc_key = p.cooc_prefix .. entry[1]
@@ -111,7 +112,16 @@ for _, entry in ipairs(p.cooc) do
   end
   write_scores(cooc_key, counts)
   write_scores(sim_key, similarities)
-  trim(cooc_key, p.cooc_cap)
+  -- A pair whose count is dropped stops being a neighbour: readers compute similarities from
+  -- the counts (read_candidates.lua), so a neighbour must never outlive its count.
+  local size = redis.call('ZCARD', cooc_key)
+  if size > p.cooc_cap then
+    local dropped = redis.call('ZRANGE', cooc_key, 0, size - p.cooc_cap - 1)
+    redis.call('ZREMRANGEBYRANK', cooc_key, 0, size - p.cooc_cap - 1)
+    each_chunk(dropped, 1, function(first, last)
+      redis.call('ZREM', sim_key, unpack(dropped, first, last))
+    end)
+  end
   trim(sim_key, p.k)
 end
 

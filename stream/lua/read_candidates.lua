@@ -3,13 +3,17 @@
 -- ARGV[1] is a JSON document built by stream/store.py:
 --   popularity, popular_n       the overall popularity sorted set and how many of its best
 --   categories: [key]           per-category popularity sorted sets (popular_n best of each)
---   neighbours: [key]           similarity sorted sets, read whole (they hold the top K)
---   norms_key, items: [id]      the norms hash and the items whose norms to read (parallel to
---                               neighbours: sim:i is divided by sqrt(N[i]) in Python)
+--   items: [id]                 the items whose neighbours to read
+--   sim_prefix, cooc_prefix     key prefixes (ids appended) of the neighbour sets and of C
+--   norms_key                   the hash of N[i]
 --   out_of_stock, extra: [id]   the out-of-stock set, and candidates from elsewhere (ALS)
--- Returns {popularity, {category, ...}, {neighbours, ...}, norms, out_of_stock}: each sorted
--- set as ZRANGE ... REV WITHSCORES gives it (member, score, member, score, ...), the norms as
--- HMGET gives them, and which of all the candidates seen are out of stock.
+-- Returns {popularity, {category, ...}, {neighbours, ...}, {counts, ...}, norm_ids, norms,
+-- out_of_stock}: popularity sorted sets as ZRANGE ... REV WITHSCORES gives them (member,
+-- score, ...); for each item its kept neighbours j and C[i,j] now; N of every item named
+-- (items and neighbours); and which of all the candidates seen are out of stock.
+--
+-- The similarity is computed by the reader from C and N as they are now: the score a
+-- neighbour set holds was computed when the pair last changed, and N[j] may have grown since.
 --
 -- One script instead of a pipeline of one ZRANGE per item: the client's cost is per command,
 -- and a batch reads the neighbours of hundreds of items.
@@ -31,6 +35,14 @@ local function best(key, count)
   return flat
 end
 
+local named, norm_ids = {}, {}
+local function name(member)
+  if not named[member] then
+    named[member] = true
+    norm_ids[#norm_ids + 1] = member
+  end
+end
+
 local function chunked(command, key, ids, each)
   for first = 1, #ids, CHUNK do
     local last = math.min(first + CHUNK - 1, #ids)
@@ -42,14 +54,24 @@ end
 local popularity = best(p.popularity, p.popular_n)
 local categories = {}
 for n, key in ipairs(p.categories) do categories[n] = best(key, p.popular_n) end
-local neighbours = {}
-for n, key in ipairs(p.neighbours) do neighbours[n] = best(key, 0) end
+local neighbours, counts = {}, {}
+for n, item in ipairs(p.items) do
+  name(item)
+  local members = redis.call('ZRANGE', p.sim_prefix .. item, 0, -1)
+  local found = {}
+  chunked('ZMSCORE', p.cooc_prefix .. item, members, function(m, count) found[m] = count end)
+  for _, member in ipairs(members) do
+    note(member)
+    name(member)
+  end
+  neighbours[n], counts[n] = members, found
+end
 for _, member in ipairs(p.extra) do note(member) end
 
 local norms = {}
-chunked('HMGET', p.norms_key, p.items, function(n, value) norms[n] = value end)
+chunked('HMGET', p.norms_key, norm_ids, function(n, value) norms[n] = value end)
 local out_of_stock = {}
 chunked('SMISMEMBER', p.out_of_stock, candidates, function(n, flag)
   if flag == 1 then out_of_stock[#out_of_stock + 1] = candidates[n] end
 end)
-return {popularity, categories, neighbours, norms, out_of_stock}
+return {popularity, categories, neighbours, counts, norm_ids, norms, out_of_stock}

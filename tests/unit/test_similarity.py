@@ -14,6 +14,7 @@ from models.similarity import (
     cooccurrence_increments,
     cosine_similarities,
     norm_increment,
+    shrunk_cosine_array,
     top_k,
 )
 
@@ -193,3 +194,26 @@ def test_top_k_breaks_ties_by_id() -> None:
 def test_top_k_of_nothing() -> None:
     assert top_k({}, 5) == []
     assert top_k({"a": 1.0}, 0) == []
+
+
+def test_shrunk_cosine_array_is_cosine_similarities_pair_by_pair() -> None:
+    norms = {"a": 4.0, "b": 9.0, "c": 0.0, "d": 1.0}
+    cooccurrence = {"b": 3.0, "c": 2.0, "d": 0.0, "e": 5.0}  # c: no norm, d: no count, e: unknown
+    expected = cosine_similarities(cooccurrence, norms["a"], norms, shrinkage=2.0)
+    others = list(cooccurrence)
+    values = shrunk_cosine_array(
+        np.array([cooccurrence[j] for j in others]),
+        np.full(len(others), norms["a"]),
+        np.array([norms.get(j, 0.0) for j in others]),
+        shrinkage=2.0,
+    )
+    assert {j: v for j, v in zip(others, values.tolist(), strict=True) if v > 0} == expected
+    # By hand: C = 3, N = 4 and 9: cosine 3 / 6 = 0.5, shrunk by 3 / 5.
+    assert expected == {"b": pytest.approx(0.3)}
+
+
+def test_shrunk_cosine_array_caps_the_cosine_and_drops_missing_counts() -> None:
+    values = shrunk_cosine_array(
+        np.array([8.0, np.nan]), np.array([4.0, 4.0]), np.array([4.0, 4.0]), shrinkage=0.0
+    )
+    assert values.tolist() == [1.0, 0.0]  # 8 / sqrt(16) = 2 is not a cosine: capped at 1

@@ -1,0 +1,254 @@
+"""The atomic batch commit (stream/lua/commit_batch.lua, through Processor and RedisStore) keeps
+exactly the state the definitions give, recomputed here from the events alone: r(u,i) the sum
+of the user's event weights on i capped at interaction_cap, C(i,j) = sum_u r(u,i) r(u,j),
+N(i) = sum_u r(u,i)^2, similarity = cosine * C/(C + shrinkage), popularity the forward-decayed
+sum of event weights. Caps and the co-occurrence window are set so that nothing is trimmed."""
+
+from __future__ import annotations
+
+import math
+import random
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any, cast
+
+import orjson
+import pytest
+from pydantic import SecretStr
+
+from models.decay import log_score_to_weight
+from shoppulse.settings import Settings
+from stream.keys import Keys, Topics
+from stream.model_store import ModelStore
+from stream.processor import Processor, RawEvent
+from stream.store import RedisStore, connect
+
+pytestmark = pytest.mark.integration
+
+T0 = 1_763_800_000.0  # one UTC day holds the whole stream: no churn re-scoring midway
+ITEMS = [f"i{n}" for n in range(30)]
+CATEGORY = {item: f"c{n % 4}" for n, item in enumerate(ITEMS[:26])}  # i26..i29: no catalog
+USERS = [f"u{n}" for n in range(36)]
+BATCH_SIZES = [1, 9, 40, 3, 75, 17, 120, 2, 60]  # then the rest as one batch
+KINDS = ["view"] * 5 + ["click"] * 3 + ["add_to_cart"] * 2 + ["remove_from_cart"]
+Flat = dict[tuple[str, ...], float]
+Pairs = list[tuple[str, float]]  # a ZRANGE WITHSCORES reply, decoded
+Compared = tuple[dict[str, Any], dict[str, Any]]  # (what Redis holds, the reference)
+
+
+def event_stream(seed: int = 11) -> list[dict[str, Any]]:
+    """Clicks and orders of users with a few favourite items (so weights reach the cap), in a
+    random interleaving; 45 re-sent later, and one order placed again under a new event id."""
+    rng = random.Random(seed)
+    favourites = {user: rng.sample(ITEMS, 6) for user in USERS}
+    events: list[dict[str, Any]] = []
+    for n in range(420):
+        user = rng.choice(USERS)
+        # Event times a little out of order.
+        event = {"event_id": f"e{n}", "user_id": user, "ts": T0 + n * 60 + rng.uniform(-900, 900)}
+        if rng.random() < 0.12:
+            items = rng.sample(favourites[user], rng.randint(1, 3))
+            lines = [{"item_id": i, "quantity": rng.randint(1, 3), "price": 9.5} for i in items]
+            event |= {"order_id": f"o{n}", "items": lines, "status": "placed"}
+        else:
+            item = rng.choice(favourites[user]) if rng.random() < 0.8 else rng.choice(ITEMS)
+            event |= {"type": rng.choice(KINDS), "item_id": item, "session_id": f"s-{user}"}
+        events.append(event)
+    for copy in [dict(e) for e in rng.sample(events[:300], 45)]:
+        events.insert(rng.randrange(events.index(copy) + 1, len(events) + 1), copy)
+    order = next(e for e in events if "order_id" in e)
+    return [*events, {**order, "event_id": "e-again"}]
+
+
+def reference(events: list[dict[str, Any]], settings: Settings) -> dict[str, Any]:
+    """Replay per user in delivery order, deduping event ids; then apply the definitions."""
+    weights, cap = settings.event_weights, settings.interaction_cap
+    seen: dict[str, set[str]] = defaultdict(set)
+    placed: dict[str, set[str]] = defaultdict(set)
+    r: dict[str, dict[str, float]] = defaultdict(dict)
+    observations: list[tuple[str, float, float]] = []
+    for e in events:
+        user = e["user_id"]
+        if e["event_id"] in seen[user]:
+            continue
+        seen[user].add(e["event_id"])
+        if "order_id" not in e:
+            touched = [(e["item_id"], weights[e["type"]])]
+        elif e["order_id"] in placed[user]:
+            continue  # applied, but a placed order counts once
+        else:
+            placed[user].add(e["order_id"])
+            touched = [(line["item_id"], weights["purchase"]) for line in e["items"]]
+        for item, weight in touched:
+            if weight > 0:
+                r[user][item] = min(r[user].get(item, 0.0) + weight, cap)
+                observations.append((item, weight, e["ts"]))
+    cooc: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    norms: dict[str, float] = defaultdict(float)
+    for items in r.values():
+        for i, ri in items.items():
+            norms[i] += ri * ri
+            for j, rj in items.items():
+                if j != i:
+                    cooc[i][j] += ri * rj
+    s = settings.similarity_shrinkage
+    sim = {
+        i: {j: c / math.sqrt(norms[i] * norms[j]) * c / (c + s) for j, c in row.items()}
+        for i, row in cooc.items()
+    }
+    clock = max(e["ts"] for e in events)
+    half_life = settings.popularity_half_life_days * 86_400.0
+    pop: dict[str, float] = defaultdict(float)
+    catpop: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for item, weight, ts in observations:
+        pop[item] += weight * 2.0 ** (-(clock - ts) / half_life)
+        if item in CATEGORY:
+            catpop[CATEGORY[item]][item] += weight * 2.0 ** (-(clock - ts) / half_life)
+    state = {"cooc": cooc, "norms": norms, "sim": sim, "popularity": pop, "catpop": catpop}
+    applied = sum(len(ids) for ids in seen.values())
+    stats = {"applied": applied, "duplicates": len(events) - applied}
+    return {"values": flatten(state), "clock": clock, "stats": stats}
+
+
+def flatten(tree: Mapping[str, Any], path: tuple[str, ...] = ()) -> Flat:
+    flat: Flat = {}
+    for name, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, (*path, name)))
+        else:
+            flat[(*path, name)] = float(value)
+    return flat
+
+
+def only(state: dict[str, Any], *kinds: str) -> Flat:
+    return {path: value for path, value in state["values"].items() if path[0] in kinds}
+
+
+async def redis_state(store: RedisStore, settings: Settings) -> dict[str, Any]:
+    """What Redis holds, in the reference's terms: the similarities as the recommender reads
+    them (computed from the counts and norms at read time: the scores in sim:i only rank the
+    kept neighbours), popularity as the decayed weight at the clock."""
+    keys, client = store.keys, store.client
+    clock = float(await client.get(keys.clock()) or "nan")
+    half_life = settings.popularity_half_life_days * 86_400.0
+
+    async def zset(key: str, scale: float = 1.0) -> dict[str, float]:
+        pairs = cast(Pairs, await client.zrange(key, 0, -1, withscores=True))
+        return {m: s * scale for m, s in pairs}
+
+    async def decayed(key: str) -> dict[str, float]:
+        return {i: log_score_to_weight(s, clock, half_life) for i, s in (await zset(key)).items()}
+
+    norms = {str(i): float(n) for i, n in (await client.hgetall(keys.item_norms())).items()}
+    served = await store.recommendation_inputs(ITEMS, [], 1, settings.similarity_shrinkage)
+    state = {
+        "cooc": {i: await zset(keys.cooccurrence(i)) for i in ITEMS},
+        "norms": norms,
+        "sim": {i: dict(pairs) for i, pairs in served.neighbours.items()},
+        "popularity": await decayed(keys.popularity()),
+        "catpop": {c: await decayed(keys.category_popularity(c)) for c in set(CATEGORY.values())},
+    }
+    stats = await client.hgetall(keys.stats())
+    counts = {name: int(stats.get(name, 0)) for name in ("applied", "duplicates")}
+    return {"values": flatten(state), "clock": clock, "stats": counts}
+
+
+@asynccontextmanager
+async def processor_for(redis_url: str, **caps: int) -> AsyncIterator[Processor]:
+    """A Processor built as stream/app.py builds it, on a fresh namespace (removed after)."""
+    keys = Keys(f"ref{uuid.uuid4().hex[:10]}")
+    settings = Settings(
+        namespace=keys.ns, redis_url=SecretStr(redis_url), similarity_shrinkage=2.0, **caps
+    )
+    store = RedisStore(connect(redis_url), keys)
+    models = ModelStore(connect(redis_url, decode=False), keys)
+    try:
+        yield Processor(store, settings, models)
+    finally:
+        async for key in store.client.scan_iter(f"{keys.ns}:*", count=1000):
+            await store.client.delete(key)
+        await store.close()
+        await models.client.aclose()
+
+
+@pytest.fixture
+async def processor(redis_url: str) -> AsyncIterator[Processor]:
+    """Caps so large that nothing is trimmed, and a co-occurrence window that pairs every item
+    of the user."""
+    caps = {"cooc_cap": 1000, "neighbours_k": 1000, "cooc_window": 1000, "interactions_cap": 1000}
+    async with processor_for(redis_url, **caps) as built:
+        yield built
+
+
+async def deliver(processor: Processor, events: list[dict[str, Any]]) -> None:
+    """The catalog first, then the events in batches of different sizes."""
+    topics = Topics(processor.settings.namespace)
+    catalog = [
+        {"item_id": item, "ts": T0 - 3600, "category": category, "in_stock": True}
+        for item, category in CATEGORY.items()
+    ]
+    raw = [RawEvent(topics.catalog, 0, n, None, orjson.dumps(c)) for n, c in enumerate(catalog)]
+    assert (await processor.process_catalog(raw)).applied == len(catalog)
+    raw = [
+        RawEvent(topic, 0, n, e["user_id"].encode(), orjson.dumps(e))
+        for n, e in enumerate(events)
+        for topic in [topics.orders if "order_id" in e else topics.clicks]
+    ]
+    start = 0
+    for size in [*BATCH_SIZES, len(raw)]:
+        outcome = await processor.process_user_events(raw[start : start + size])
+        assert not outcome.dead_letters
+        start += size
+
+
+@pytest.fixture
+async def compared(processor: Processor) -> Compared:
+    """The stream delivered once: what Redis holds, and what the definitions give."""
+    events = event_stream()
+    await deliver(processor, events)
+    actual = await redis_state(processor.store, processor.settings)
+    return actual, reference(events, processor.settings)
+
+
+async def test_commit_keeps_what_the_definitions_give(compared: Compared) -> None:
+    actual, expected = compared
+    assert (actual["stats"], actual["clock"]) == (expected["stats"], expected["clock"])
+    kinds = ("cooc", "norms", "popularity", "catpop")
+    assert only(actual, *kinds) == pytest.approx(only(expected, *kinds), rel=1e-9)
+
+
+async def test_similarities_served_are_shrunk_cosines_of_the_counts_now(compared: Compared) -> None:
+    actual, expected = compared
+    assert only(actual, "sim") == pytest.approx(only(expected, "sim"), rel=1e-9)
+
+
+async def test_every_batch_delivered_twice_changes_nothing(processor: Processor) -> None:
+    events = event_stream()
+    await deliver(processor, events)
+    once = await redis_state(processor.store, processor.settings)
+    await deliver(processor, events)
+    twice = await redis_state(processor.store, processor.settings)
+    assert twice["values"] == once["values"]  # exactly: co-occurrences, similarities, all
+    assert twice["clock"] == once["clock"]
+    assert twice["stats"] == {
+        "applied": once["stats"]["applied"],
+        "duplicates": once["stats"]["duplicates"] + len(events),
+    }
+
+
+async def test_capped_state_keeps_no_neighbour_without_its_count(redis_url: str) -> None:
+    """With small caps, what is trimmed from C(i, .) leaves i's neighbours too, and every item
+    keeps at most K neighbours and C of at most cooc_cap items."""
+    async with processor_for(redis_url, cooc_cap=6, neighbours_k=4) as small:
+        await deliver(small, event_stream())
+        keys, client = small.store.keys, small.store.client
+        trimmed = 0
+        for item in ITEMS:
+            counts = set(await client.zrange(keys.cooccurrence(item), 0, -1))
+            neighbours = set(await client.zrange(keys.neighbours(item), 0, -1))
+            assert len(counts) <= 6 and len(neighbours) <= 4
+            assert neighbours <= counts, item
+            trimmed += len(counts) == 6
+        assert trimmed > 10  # the caps were reached, so trimming was exercised
