@@ -37,6 +37,7 @@ MODEL_VERSION = "online"  # the streaming item-kNN + popularity blend; ALS versi
 TOP_CATEGORIES = 3
 MAX_COMMIT_ATTEMPTS = 8
 _PREVIEW_BYTES = 4096
+DEAD_LETTER_KEPT_BYTES = 512 * 1024  # with base64 and the rest, well inside Kafka's 1 MB
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,18 +63,25 @@ class BatchOutcome:
 
 
 def dead_letter(event: RawEvent, reason: str) -> dict[str, Any]:
-    """The dead-letter document: where the event came from, why it failed, its exact bytes."""
+    """The dead-letter document: where the event came from, why it failed, its exact bytes.
+
+    Bytes past ``DEAD_LETTER_KEPT_BYTES`` are cut (``original_truncated``, with the size in
+    ``original_bytes``): base64 makes a value a third bigger, so a bad event near Kafka's
+    message limit could otherwise never be dead-lettered at all."""
+    kept = event.value[:DEAD_LETTER_KEPT_BYTES]
     try:
-        text: str | None = event.value[:_PREVIEW_BYTES].decode("utf-8")
+        text: str | None = kept[:_PREVIEW_BYTES].decode("utf-8")
     except UnicodeDecodeError:
         text = None
     return {
         "source_topic": event.topic,
         "partition": event.partition,
         "offset": event.offset,
-        "key": event.key.decode("utf-8", "replace") if event.key is not None else None,
+        "key": None if event.key is None else event.key[:_PREVIEW_BYTES].decode("utf-8", "replace"),
         "reason": reason,
-        "original_base64": base64.b64encode(event.value).decode("ascii"),
+        "original_base64": base64.b64encode(kept).decode("ascii"),
+        "original_bytes": len(event.value),
+        "original_truncated": len(kept) < len(event.value),
         "original_text": text,
         "dead_at": time.time(),
     }

@@ -221,6 +221,23 @@ async def test_malformed_events_go_to_the_dead_letter_topic(stack: Stack) -> Non
     assert await stack.until(lambda: stack.json(stack.keys.profile("after-bad")), 30)
 
 
+async def test_a_bad_event_near_the_message_limit_is_dead_lettered_cut(stack: Stack) -> None:
+    # 900 KB of junk: as base64 inside a dead letter it would not fit Kafka's 1 MB limit.
+    huge = b'{"event_id": "h", "type": "view", "user_id": "", "item_id": "' + b"x" * 900_000
+    await stack.publish(stack.topics.clicks, huge)
+    await stack.publish(stack.topics.clicks, click("after-huge", "A1", T0, "ah-1"))
+
+    async def huge_letter() -> dict[str, Any] | None:
+        letters = await stack.read_topic(stack.topics.deadletter, 1)
+        return next((d for d in letters if d.get("original_bytes") == len(huge)), None)
+
+    letter = await stack.until(huge_letter, 30, "the dead letter of the huge event")
+    assert letter["original_truncated"] is True
+    assert huge.startswith(base64.b64decode(letter["original_base64"]))
+    assert letter["reason"]
+    assert await stack.until(lambda: stack.json(stack.keys.profile("after-huge")), 30)
+
+
 async def test_a_duplicated_event_changes_nothing(stack: Stack) -> None:
     events = [click("twice", "A4", T0 + DAY, "tw-1"), click("twice", "B4", T0 + DAY, "tw-2")]
     purchase = order("twice", "o-tw", T0 + DAY, [("B3", 3, 2.5)])
