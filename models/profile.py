@@ -2,9 +2,10 @@
 
 :class:`UserRecord` holds two documents: the public ``profile`` (what shops read from Redis)
 and the internal ``state`` (recent items with their interaction weights, bought items, recently
-seen event ids, known orders). Applying an event mutates the record and appends what the event
-does to shared, per-item state to an :class:`ItemDeltas`; the stream layer then writes record and
-deltas to Redis in one atomic step.
+seen event ids, known orders, and the cancellations and returns of orders not placed yet).
+Applying an event mutates the record and appends what the event does to shared, per-item state
+to an :class:`ItemDeltas`; the stream layer then writes record and deltas to Redis in one
+atomic step.
 
 Everything is in event time: decayed values are stored "as of" a timestamp and only ever
 decayed forward, so replaying history gives the same record as living through it.
@@ -23,7 +24,8 @@ CLICK_TYPES = ("view", "click", "add_to_cart", "remove_from_cart")
 ORDER_STATUSES = ("placed", "cancelled", "returned")
 PURCHASE = "purchase"
 _MONEY_DIGITS = 6
-_KNOWN_ORDERS_CAP = 100
+_KNOWN_ORDERS_CAP = 100  # known orders kept per user; as many early reversals
+_EARLY_ITEMS_CAP = 1000  # items remembered per early return (an order has at most 1000 lines)
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,15 +254,13 @@ class UserRecord:
     ) -> None:
         known: dict[str, dict[str, Any]] = self.state["orders"]
         if order.order_id in known:
-            # Placed before (under another event id), or its cancellation came first.
-            return
+            return  # placed before, under another event id
         profile = self.profile
         profile["orders"] += 1
         profile["revenue"] = round(profile["revenue"] + order.amount, _MONEY_DIGITS)
         profile["items_purchased"] += sum(line.quantity for line in order.lines)
         self._count(PURCHASE, order.ts, params)
-        items = [line.item_id for line in order.lines]
-        self._remember_order(order.order_id, round(order.amount, _MONEY_DIGITS), "placed", items)
+        self._remember_order(order)
         purchased: list[str] = self.state["purchased"]
         for line in order.lines:
             if line.item_id in purchased:
@@ -270,43 +270,135 @@ class UserRecord:
                 line.item_id, PURCHASE, order.ts, categories.get(line.item_id), params, deltas
             )
         del purchased[params.purchased_cap :]
+        early = self.state.get("early", {}).pop(order.order_id, None)
+        if early is not None:
+            # Its returns or cancellation came first (counted when they came): apply them now,
+            # as if they had come after it.
+            entry = known[order.order_id]
+            if early["cancelled"]:
+                self._cancel(entry)  # whatever returns came before it took back
+            else:  # one or more returns
+                named = dict(zip(early["items"], early["values"], strict=True))
+                self._take_back(entry, named, early["rest"])
+                entry["status"] = "returned"
 
-    def _remember_order(
-        self, order_id: str, open_amount: float, status: str, items: list[str]
-    ) -> None:
+    def _remember_order(self, order: Order) -> None:
+        """A known order: ``open`` is the money it still brings in; ``items`` (distinct) with
+        ``values``, what each of them still brings in. Entries written before ``values`` existed
+        have ``items`` only (possibly repeated)."""
+        values = _named(order)
         known: dict[str, dict[str, Any]] = self.state["orders"]
-        known[order_id] = {"open": open_amount, "status": status, "items": items}
+        known[order.order_id] = {
+            "open": round(order.amount, _MONEY_DIGITS),
+            "status": "placed",
+            "items": list(values),
+            "values": [round(value, _MONEY_DIGITS) for value in values.values()],
+        }
         while len(known) > _KNOWN_ORDERS_CAP:
             del known[next(iter(known))]
 
     def _reverse(self, order: Order) -> None:
         """A cancellation or (partial) return: take back money that is still open, never more
-        than the order brought in; a cancellation also takes back the order and its items."""
-        profile = self.profile
+        than the order brought in; a cancellation also takes back the order and its items.
+        One of an order not (yet) known is remembered until it is placed."""
         known: dict[str, dict[str, Any]] = self.state["orders"]
         entry = known.get(order.order_id)
-        if entry is not None and entry["status"] == "cancelled":
-            return  # already reversed in full
-        items = [line.item_id for line in order.lines]
         if entry is None:
-            # Unknown order (placed before we remembered it, or the cancellation came first):
-            # all we know is what this event says.
-            refund = order.amount
-            self._remember_order(order.order_id, 0.0, order.status, items)
-        else:
-            refund = min(order.amount if order.lines else entry["open"], entry["open"])
-            entry["open"] = round(entry["open"] - refund, _MONEY_DIGITS)
-            items = items or entry["items"]
-            if order.status == "cancelled":
-                profile["orders"] = max(0, profile["orders"] - 1)
-            entry["status"] = order.status
-        profile["revenue"] = round(profile["revenue"] - refund, _MONEY_DIGITS)
+            self._remember_early(order)
+            return
+        if entry["status"] == "cancelled":
+            return  # already taken back in full
         if order.status == "cancelled":
-            profile["cancellations"] += 1
-            # A cancelled item never reached the user: it may be recommended again.
-            self.state["purchased"] = [i for i in self.state["purchased"] if i not in items]
+            self._cancel(entry)
+            self.profile["cancellations"] += 1
         else:
-            profile["returns"] += 1
+            self._take_back(entry, _named(order), rest=not order.lines)
+            entry["status"] = "returned"
+            self.profile["returns"] += 1
+
+    def _take_back(self, entry: dict[str, Any], named: dict[str, float], rest: bool) -> None:
+        """Take back the money of the ``named`` items (or all that is left, if ``rest``), each
+        at most what it still brings in; items the order does not have bring nothing back."""
+        open_amount = float(entry["open"])
+        if rest:
+            refund = open_amount
+            if "values" in entry:
+                entry["values"] = [0.0] * len(entry["values"])
+        elif "values" in entry:
+            refund = 0.0
+            values: list[float] = entry["values"]
+            for n, item in enumerate(entry["items"]):
+                take = min(named.get(item, 0.0), values[n])
+                values[n] = round(values[n] - take, _MONEY_DIGITS)
+                refund += take
+        else:  # stored without per-item values: only the order's total bounds it
+            refund = sum(named.get(item, 0.0) for item in set(entry["items"]))
+        refund = min(refund, open_amount)
+        entry["open"] = max(0.0, round(open_amount - refund, _MONEY_DIGITS))
+        self._take_revenue(refund)
+
+    def _cancel(self, entry: dict[str, Any]) -> None:
+        """Take the order back: its count, what is left of its money, and its items."""
+        self._take_revenue(float(entry["open"]))
+        entry["open"] = 0.0
+        if "values" in entry:
+            entry["values"] = [0.0] * len(entry["values"])
+        entry["status"] = "cancelled"
+        profile = self.profile
+        profile["orders"] = max(0, profile["orders"] - 1)
+        # A cancelled item never reached the user: it may be recommended again.
+        items = set(entry["items"])
+        self.state["purchased"] = [i for i in self.state["purchased"] if i not in items]
+
+    def _take_revenue(self, amount: float) -> None:
+        profile = self.profile
+        profile["revenue"] = max(0.0, round(profile["revenue"] - amount, _MONEY_DIGITS))
+
+    def _remember_early(self, order: Order) -> None:
+        """A cancellation or return of an order not known (yet): Kafka gives no order between
+        topics and shops send late placements. It counts now and takes back nothing now; its
+        placement, if it comes, applies it (:meth:`_place`). ``state["early"]`` maps order ids
+        to ``{"cancelled", "rest", "items", "values"}``: whether it was cancelled, whether a
+        return named no lines (all that is left), and the money returns named per item."""
+        early: dict[str, dict[str, Any]] = self.state.setdefault("early", {})
+        entry = early.get(order.order_id)
+        if entry is None:
+            entry = {"cancelled": False, "rest": False, "items": [], "values": []}
+            early[order.order_id] = entry
+            while len(early) > _KNOWN_ORDERS_CAP:
+                del early[next(iter(early))]
+        elif entry["cancelled"]:
+            return  # already cancelled: a return or a second cancellation changes nothing
+        if order.status == "cancelled":
+            # Taking everything back, what returns named no longer matters.
+            entry.update(cancelled=True, rest=False, items=[], values=[])
+            self.profile["cancellations"] += 1
+            return
+        self.profile["returns"] += 1
+        if not order.lines:
+            entry["rest"] = True
+        items: list[str] = entry["items"]
+        values: list[float] = entry["values"]
+        position = {item: n for n, item in enumerate(items)}
+        for item, value in _named(order).items():
+            if item in position:
+                n = position[item]
+                values[n] = round(values[n] + value, _MONEY_DIGITS)
+            elif len(items) < _EARLY_ITEMS_CAP:
+                items.append(item)
+                values.append(round(value, _MONEY_DIGITS))
+
+    def order_changes(self, order: Order) -> bool:
+        """Whether ``order`` (an event id not applied yet) changes the record's orders: not a
+        second placement of a known order id, nor a cancellation or return of an order already
+        cancelled, whether that cancellation came before or after its placement."""
+        if order.status == "placed":
+            return order.order_id not in self.state["orders"]
+        entry = self.state["orders"].get(order.order_id)
+        if entry is None:
+            entry = self.state.get("early", {}).get(order.order_id)
+            return entry is None or not entry["cancelled"]
+        return bool(entry["status"] != "cancelled")
 
     # -- reading ------------------------------------------------------------------------------
     def recent_items(self) -> list[tuple[str, float, float]]:
@@ -327,3 +419,11 @@ class UserRecord:
             for name, (value, as_of) in affinity.items()
         }
         return sorted(current.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
+
+
+def _named(order: Order) -> dict[str, float]:
+    """The money an order event names, per item."""
+    named: dict[str, float] = {}
+    for line in order.lines:
+        named[line.item_id] = named.get(line.item_id, 0.0) + line.quantity * line.price
+    return named

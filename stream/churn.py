@@ -88,10 +88,7 @@ def changes_history(record: UserRecord, event: Interaction | Order) -> bool:
     pass the event-id dedupe but change nothing (mirrors :class:`UserRecord`)."""
     if isinstance(event, Interaction):
         return True
-    known = record.state["orders"].get(event.order_id)
-    if event.status == "placed":
-        return known is None
-    return known is None or known.get("status") != "cancelled"
+    return record.order_changes(event)
 
 
 def record_event(history: ChurnHistory, event: Interaction | Order, caps: HistoryCaps) -> None:
