@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 RETRYABLE = (RedisConnectionError, RedisTimeoutError, BusyLoadingError, ConnectionError)
 MAX_BACKOFF = 5.0
+OUTBOX_SWEEP_SECONDS = 5.0
 
 
 def raw_event(event: Any) -> RawEvent:
@@ -104,8 +105,19 @@ def create_app(settings: Settings) -> faust.App:
             )
         for document in outcome.dead_letters:
             await deadletters.send(value=orjson.dumps(document))
-        for alert in outcome.alerts:
+        await publish_alerts(outcome.alerts)
+
+    async def publish_alerts(alerts: list[dict[str, Any]]) -> None:
+        """Send alerts, wait for the broker's acks, then take them out of the outbox: an alert
+        whose writer dies before that is sent again by whichever worker claims it."""
+        if not alerts:
+            return
+        sent = [
             await churn_alerts.send(key=alert["user_id"].encode(), value=orjson.dumps(alert))
+            for alert in alerts
+        ]
+        await asyncio.gather(*sent)
+        await processor().store.confirm_alerts(alerts)
 
     @app.agent(user_events, name="user-events")
     async def process_user_events(stream: Any) -> None:
@@ -125,9 +137,15 @@ def create_app(settings: Settings) -> faust.App:
     async def publish_churn_alerts() -> None:
         """Alerts of background re-scoring (silence, a new churn model) when no batch came."""
         if "processor" in state:
-            alerts = state["processor"].churn.take_alerts()
-            if alerts:
-                await publish(BatchOutcome(alerts=alerts))
+            await publish_alerts(state["processor"].churn.take_alerts())
+
+    @app.timer(OUTBOX_SWEEP_SECONDS)  # type: ignore[untyped-decorator]
+    async def send_unconfirmed_alerts() -> None:
+        """Alerts that a crashed worker (or a retrain) wrote but never confirmed on Kafka."""
+        try:
+            await publish_alerts(await processor().store.claim_due_alerts())
+        except RETRYABLE as exc:  # Redis away: the next sweep tries again
+            log.warning("alert outbox not swept (%s)", exc)
 
     register_web(app, settings)
     return app

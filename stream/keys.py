@@ -105,6 +105,11 @@ class Keys:
         """The most recent churn alerts, newest first (list of JSON documents, capped)."""
         return f"{self.ns}:alerts"
 
+    def alert_outbox(self) -> str:
+        """Churn alerts written but not yet known to be on the alerts topic (sorted set: alert
+        document -> wall-clock time after which any worker may (re)send it)."""
+        return f"{self.ns}:outbox"
+
     def churn_models(self) -> str:
         """Published churn/segment model versions by publication time (sorted set)."""
         return f"{self.ns}:churnmodels"

@@ -6,6 +6,7 @@ update is one Lua script, so a crash can never leave half a batch behind.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from stream.events import CatalogIn
 from stream.keys import Keys
 
 ALERTS_KEPT = 1000  # length of the {ns}:alerts list (newest first)
+ALERT_LEASE_SECONDS = 30.0  # an alert not confirmed on Kafka this long after it is written
+# (or claimed) may be sent by any worker: at least once, never lost with a crashed writer
 
 
 def _lua(name: str) -> str:
@@ -65,6 +68,7 @@ class RedisStore:
         self._catalog: AsyncScript = client.register_script(_lua("upsert_catalog.lua"))
         self._scores: AsyncScript = client.register_script(_lua("commit_scores.lua"))
         self._candidates: AsyncScript = client.register_script(_lua("read_candidates.lua"))
+        self._claim_alerts: AsyncScript = client.register_script(_lua("claim_alerts.lua"))
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -150,7 +154,25 @@ class RedisStore:
             "risks": [[user, risk] for user, risk in risks],
             "alerts_key": self.keys.alerts(),
             "alerts_cap": ALERTS_KEPT,
+            "outbox_key": self.keys.alert_outbox(),
+            "outbox_due": time.time() + ALERT_LEASE_SECONDS,
         }
+
+    async def confirm_alerts(self, alerts: Sequence[dict[str, Any]]) -> None:
+        """Take alerts that are on Kafka now out of the outbox (the scripts wrote them there
+        with the same bytes: orjson gives one encoding per document)."""
+        if alerts:
+            await self.client.zrem(self.keys.alert_outbox(), *map(orjson.dumps, alerts))
+
+    async def claim_due_alerts(self, limit: int = 500) -> list[dict[str, Any]]:
+        """Alerts whose writer did not confirm them in time, claimed for this caller to send."""
+        args: list[str | float] = [
+            self.keys.alert_outbox(),
+            time.time(),
+            ALERT_LEASE_SECONDS,
+            limit,
+        ]
+        return [orjson.loads(document) for document in await self._claim_alerts(args=args)]
 
     async def churn_histories(self, user_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """The stored churn history (``state["churn"]``, plain data) of each user having one."""

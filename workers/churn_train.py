@@ -157,9 +157,13 @@ class ChurnTrainer:
         return _with(result, published=True, reason="published", rescored_alerts=len(alerts))
 
     async def _publish_alerts(self, alerts: list[dict[str, Any]]) -> None:
-        if not alerts or not self.publish_to_kafka:
+        if not self.publish_to_kafka:  # evaluation: nobody subscribes, nothing to resend
+            await self.store.confirm_alerts(alerts)
+            return
+        if not alerts:
             return
         topic = Topics(self.settings.namespace).churn_alerts
         async with AsyncExitStack() as stack:
             publisher = await stack.enter_async_context(Publisher(self.settings.kafka_bootstrap))
             await publisher.send_many(topic, [(a["user_id"].encode(), encode(a)) for a in alerts])
+        await self.store.confirm_alerts(alerts)  # on Kafka now: out of the outbox

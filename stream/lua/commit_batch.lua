@@ -10,6 +10,7 @@
 --   stats_key, applied, duplicates          counters of events applied and skipped as duplicates
 --   risk_key, risks: [[user, risk]]         churn risks of scored users (sorted set)
 --   alerts_key, alerts_cap                  churn alerts list, newest first, capped
+--   outbox_key, outbox_due                  alerts also wait there until they are on Kafka
 -- ARGV[2n + 2] and ARGV[2n + 3] are user n's new state and profile (JSON), n from 0; the
 -- arguments after the last profile are churn alert documents (JSON), pushed in order.
 --
@@ -64,7 +65,10 @@ end)
 if p.risk_key then
   for _, r in ipairs(p.risks) do redis.call('ZADD', p.risk_key, num(r[2]), r[1]) end
   local first = 2 * #p.users + 2
-  for n = first, #ARGV do redis.call('LPUSH', p.alerts_key, ARGV[n]) end
+  for n = first, #ARGV do
+    redis.call('LPUSH', p.alerts_key, ARGV[n])
+    redis.call('ZADD', p.outbox_key, num(p.outbox_due), ARGV[n])
+  end
   if #ARGV >= first then redis.call('LTRIM', p.alerts_key, 0, p.alerts_cap - 1) end
 end
 

@@ -2,7 +2,7 @@
 --
 -- ARGV[1] is a JSON document built by stream/store.py:
 --   users:  [[id, state_key, profile_key, expect]]   (expect = the version that was read)
---   risk_key, risks: [[user, risk]]; alerts_key, alerts_cap
+--   risk_key, risks: [[user, risk]]; alerts_key, alerts_cap; outbox_key, outbox_due
 -- ARGV[2n + 2] and ARGV[2n + 3] are user n's new state and profile (JSON), n from 0; the
 -- arguments after the last profile are alert documents (JSON) of users that are not stale.
 --
@@ -37,6 +37,7 @@ local pushed = 0
 for n = first, #ARGV do
   if not is_stale[p.alert_users[n - first + 1]] then
     redis.call('LPUSH', p.alerts_key, ARGV[n])
+    redis.call('ZADD', p.outbox_key, num(p.outbox_due), ARGV[n])
     pushed = pushed + 1
   end
 end

@@ -129,6 +129,8 @@ async def test_silence_raises_risk_to_one_alert_and_a_return_lowers_it(
     assert alert["reasons"] and all(isinstance(r, str) for r in alert["reasons"])
     assert alert["model_version"] == await stack.redis.get(stack.keys.current_model("churn"))
     assert sum('"user_id":"steady"' in raw for raw in kept) == 1
+    # Each was confirmed on Kafka by whoever sent it: nothing is left to send again.
+    assert await stack.redis.zcard(stack.keys.alert_outbox()) == 0
 
     # The lapsed customer comes back: their risk falls at once.
     await stack.publish(stack.topics.orders, order("lapsed", 99, clock + 3600))

@@ -29,6 +29,9 @@ SINGLETONS: dict[str, Callable[[], str]] = {
     "clock": KEYS.clock,
     "stats": KEYS.stats,
     "users": KEYS.users,
+    "risk": KEYS.risk,
+    "alerts": KEYS.alerts,
+    "alert_outbox": KEYS.alert_outbox,
 }
 
 
@@ -49,6 +52,9 @@ def test_singleton_keys_byte_for_byte() -> None:
     assert KEYS.clock() == "shop:clock"
     assert KEYS.stats() == "shop:stats"
     assert KEYS.users() == "shop:users"
+    assert KEYS.risk() == "shop:risk"
+    assert KEYS.alerts() == "shop:alerts"
+    assert KEYS.alert_outbox() == "shop:outbox"
 
 
 def test_namespace_prefixes_every_key() -> None:
