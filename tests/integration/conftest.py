@@ -61,6 +61,7 @@ class Stack:
             **{f"SHOPPULSE_{k.upper()}": str(v) for k, v in settings.items()},
         }
         self.workers: list[subprocess.Popen[bytes]] = []
+        self.started = 0  # workers started so far, for their log names
         self.redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
 
     async def start(self, partitions: int = 2) -> None:
@@ -75,7 +76,7 @@ class Stack:
 
     def start_worker(self) -> subprocess.Popen[bytes]:
         ARTIFACTS.mkdir(exist_ok=True)
-        log = open(ARTIFACTS / f"worker-{self.namespace}-{len(self.workers)}.log", "wb")  # noqa: SIM115
+        log = open(self.log_path(self.started), "wb")  # noqa: SIM115
         process = subprocess.Popen(
             [sys.executable, "-m", "shoppulse", "worker", "--loglevel", "warning"],
             env=self.env,
@@ -84,7 +85,12 @@ class Stack:
         )
         log.close()
         self.workers.append(process)
+        self.started += 1
         return process
+
+    def log_path(self, n: int) -> Path:
+        """The log of the n-th worker started (restarts get their own)."""
+        return ARTIFACTS / f"worker-{self.namespace}-{n}.log"
 
     def stop_workers(self) -> None:
         for process in self.workers:
@@ -137,9 +143,10 @@ class Stack:
         return await eventually(checked, timeout, what)
 
     def assert_workers_alive(self) -> None:
-        for n, process in enumerate(self.workers):
+        first = self.started - len(self.workers)  # the running ones are the latest started
+        for n, process in enumerate(self.workers, start=first):
             if process.poll() is not None:
-                log = (ARTIFACTS / f"worker-{self.namespace}-{n}.log").read_text(errors="replace")
+                log = self.log_path(n).read_text(errors="replace")
                 raise AssertionError(f"worker {n} exited with {process.returncode}:\n{log[-3000:]}")
 
     async def _seen_at_least(self, count: int) -> bool | None:

@@ -123,6 +123,8 @@ async def test_sigkill_again_and_again_loses_nothing_and_counts_nothing_twice(
     assert kills >= 2, "the worker finished before it could be killed twice: make the load larger"
 
     assert await applied(stack) == len(events)
+    duplicates = await stack.redis.hget(stack.keys.stats(), "duplicates")
+    assert int(duplicates or 0) > 0, "no redelivery seen: the dedupe path went untested"
     for user, (orders, revenue) in expected_totals(events).items():
         profile = await stack.json(stack.keys.profile(user))
         assert profile["orders"] == orders, user
@@ -167,6 +169,8 @@ async def test_a_frozen_redis_delays_the_stream_but_loses_nothing(
     await stack.until(lambda: _at_least(stack, len(events)), 120, "every order applied")
     await asyncio.sleep(2)
     assert await applied(stack) == len(events)
+    duplicates = await stack.redis.hget(stack.keys.stats(), "duplicates")
+    assert int(duplicates or 0) > 0, "no redelivery seen: the dedupe path went untested"
     for user, (orders, revenue) in expected_totals(events).items():
         profile = await stack.json(stack.keys.profile(user))
         assert (profile["orders"], profile["revenue"]) == (orders, pytest.approx(revenue)), user
@@ -174,6 +178,8 @@ async def test_a_frozen_redis_delays_the_stream_but_loses_nothing(
 
 async def assert_exact_totals(stack: Stack, events: list[dict[str, Any]]) -> None:
     assert await applied(stack) == len(events)
+    duplicates = await stack.redis.hget(stack.keys.stats(), "duplicates")
+    assert int(duplicates or 0) > 0, "no redelivery seen: the dedupe path went untested"
     for user, (orders, revenue) in expected_totals(events).items():
         profile = await stack.json(stack.keys.profile(user))
         assert (profile["orders"], profile["revenue"]) == (orders, pytest.approx(revenue)), user
