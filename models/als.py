@@ -161,6 +161,7 @@ def fold_in_user(
     confidences: ArrayLike,
     regularization: float,
     alpha: float = 1.0,
+    gram: NDArray[np.floating] | None = None,
 ) -> FloatArray:
     """A user's factor vector from their interactions, with the item factors held fixed.
 
@@ -171,7 +172,11 @@ def fold_in_user(
 
     i.e. ``(YᵀY + Yᵀ(C_u - I)Y + λI)⁻¹ Yᵀ C_u p(u)`` without forming ``C_u``. A negative
     confidence means "disliked" (preference 0), as in ``implicit``. Repeated item ids add up,
-    as they would in a CSR row. Computed in float64, returned as float32.
+    as they would in a CSR row. Computed in float64, returned as float32. ``gram`` is ``YᵀY``
+    if the caller has it already (it is the same for every row solved against ``Y``).
+
+    The same step with users and items swapped is ALS's item step: pass the user factors as
+    ``item_factors`` and an item's users as ``item_ids`` to get that item's vector.
     """
     y = np.asarray(item_factors, dtype=np.float64)
     ids = np.asarray(item_ids, dtype=np.int64)
@@ -180,7 +185,8 @@ def fold_in_user(
         raise ValueError("item_ids and confidences must be 1-d and of the same length")
     ids, c = _sum_duplicates(ids, c)
     rows = y[ids]
-    a = y.T @ y + regularization * np.eye(y.shape[1])
+    shared = y.T @ y if gram is None else np.asarray(gram, dtype=np.float64)
+    a = shared + regularization * np.eye(y.shape[1])
     a += (rows * (np.abs(c) - 1.0)[:, None]).T @ rows
     b = rows.T @ np.where(c > 0.0, c, 0.0)
     return np.linalg.solve(a, b).astype(np.float32)

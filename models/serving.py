@@ -4,21 +4,23 @@
 float32 factors, UTF-8 JSON for ids and parameters) that any store can hold;
 :func:`decode_model` checks every shape and value before trusting them. :class:`AlsScorer` is
 what a stream worker keeps in memory: item factors and their Gram matrix, so that folding in a
-user's current interactions costs one small solve.
+user's current interactions costs one small solve. :func:`fold_in_fully` completes a model
+trained without some users' latest interactions (the held-back check's) before it is published.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import orjson
 from numpy.typing import NDArray
 
-from models.als import TrainingError
-from models.training import training_value
+from models.als import TrainingError, fold_in_user
+from models.training import UserInteractions, training_value
 
 FORMAT = "shoppulse-als-1"
 _DTYPE = np.dtype("<f4")
@@ -150,3 +152,73 @@ class AlsScorer:
             {self.item_ids[i]: float(row_scores[i]) for i in row_best}
             for row_best, row_scores in zip(best, scores, strict=True)
         ]
+
+
+def trained_through(model: PublishedModel) -> float | None:
+    """The event time the model's training data reaches: ``trained_through`` in its parameters
+    or, for versions published before that was recorded, the ``clock`` it was trained at; None
+    when neither is a finite number."""
+    for name in ("trained_through", "clock"):
+        value = model.params.get(name)
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+    return None
+
+
+def fold_in_fully(
+    model: PublishedModel, interactions: UserInteractions, users: Iterable[str], clock: float
+) -> PublishedModel:
+    """The model with these users' vectors solved from all their ``interactions`` (ALS's user
+    step, item factors fixed), after one ALS item step has added the items only they had.
+
+    For the users whose latest interaction was held back from training: once the model has
+    passed the check, it must know that interaction too."""
+    rows = {user: n for n, user in enumerate(model.user_ids)}
+    chosen = sorted({user for user in users if user in rows})
+    extended = _add_items(model, interactions, chosen, rows, clock)
+    scorer = AlsScorer(extended)
+    user_factors = extended.user_factors.copy()
+    for user in chosen:
+        vector = scorer.user_vector(interactions.get(user, ()), clock)
+        if vector is not None:
+            user_factors[rows[user]] = vector
+    return replace(extended, user_factors=user_factors)
+
+
+def _add_items(
+    model: PublishedModel,
+    interactions: UserInteractions,
+    users: Sequence[str],
+    rows: dict[str, int],
+    clock: float,
+) -> PublishedModel:
+    """Items the model lacks that these users interacted with, each solved from its users'
+    trained vectors (ALS's item step with the user factors fixed), appended to the model."""
+    scorer = AlsScorer(model)
+    raters: dict[str, dict[int, float]] = {}
+    for user in users:
+        for item, weight, ts in interactions.get(user, ()):
+            if item not in scorer.index:
+                values = raters.setdefault(item, {})
+                value = training_value(weight, ts, clock, scorer.half_life)
+                values[rows[user]] = values.get(rows[user], 0.0) + value
+    positive = {
+        item: {row: value for row, value in values.items() if value > 0.0}
+        for item, values in raters.items()
+    }
+    new = {item: values for item, values in positive.items() if values}
+    if not new:
+        return model
+    x = model.user_factors.astype(np.float64)
+    gram = x.T @ x
+    vectors = [
+        fold_in_user(
+            x, list(values), list(values.values()), scorer.regularization, scorer.alpha, gram
+        )
+        for values in new.values()
+    ]
+    return replace(
+        model,
+        item_ids=[*model.item_ids, *new],
+        item_factors=np.vstack([model.item_factors, *vectors]).astype(np.float32),
+    )

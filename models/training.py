@@ -3,16 +3,21 @@
 Interactions are what the stream keeps per user: ``(item_id, weight, ts)`` with ``weight`` the
 capped sum of event weights. A training value is that weight decayed in event time from its
 last interaction to the service's clock, so old tastes fade the same way everywhere.
+
+The check (:func:`compare_hits`) is paired: both models are asked about the same held-back
+interactions, and a new model is refused only when it misses significantly more of them than
+the serving one finds (one-sided exact sign test on the users where the two disagree).
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
+from scipy.stats import binom
 
 from models.decay import decay_factor
 
@@ -74,13 +79,24 @@ class Holdout:
 
 
 def hold_out_latest(
-    interactions: UserInteractions, max_users: int, min_interactions: int = 3, seed: int = 42
+    interactions: UserInteractions,
+    max_users: int,
+    min_interactions: int = 3,
+    seed: int = 42,
+    newer_than: float | None = None,
 ) -> Holdout:
     """Hold back the latest interaction of up to ``max_users`` users who have enough history.
 
     The held-back item stays out of training entirely for that user, so a model trained on
-    ``train`` has never seen the answer."""
-    eligible = sorted(u for u, items in interactions.items() if len(items) >= min_interactions)
+    ``train`` has never seen the answer. With ``newer_than``, only users whose latest
+    interaction is later than that time are eligible: a model trained on data up to that time
+    has not seen the answer either, so the two can be compared fairly."""
+    eligible = sorted(
+        user
+        for user, items in interactions.items()
+        if len(items) >= min_interactions
+        and (newer_than is None or max(ts for _, _, ts in items) > newer_than)
+    )
     chosen = set(random.Random(seed).sample(eligible, min(max_users, len(eligible))))
     train: dict[str, list[tuple[str, float, float]]] = {}
     held_out: dict[str, str] = {}
@@ -99,5 +115,57 @@ def hit_rate(ranked: Mapping[str, Sequence[str]], held_out: Mapping[str, str]) -
     """Share of held-out users whose held-back item is among their ranked items."""
     if not held_out:
         return 0.0
-    hits = sum(1 for user, item in held_out.items() if item in ranked.get(user, ()))
-    return hits / len(held_out)
+    return len(found_again(ranked, held_out)) / len(held_out)
+
+
+def found_again(ranked: Mapping[str, Sequence[str]], held_out: Mapping[str, str]) -> set[str]:
+    """The held-out users whose held-back item is among their ranked items."""
+    return {user for user, item in held_out.items() if item in ranked.get(user, ())}
+
+
+def latest_time(interactions: UserInteractions) -> float | None:
+    """The event time of the newest interaction (None if there is none)."""
+    times = [ts for items in interactions.values() for _, _, ts in items]
+    return max(times) if times else None
+
+
+GATE_P_VALUE = 0.025  # refuse a new model only if it is worse with >= 97.5% confidence
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    """Two models on the same held-back interactions, user by user."""
+
+    users: int
+    new_hits: int
+    serving_hits: int
+    new_only: int  # users only the new model found
+    serving_only: int  # users only the serving model found
+    p_value: float  # P(serving_only or more | the disagreements are coin flips)
+
+    @property
+    def new_rate(self) -> float:
+        return self.new_hits / self.users if self.users else 0.0
+
+    @property
+    def serving_rate(self) -> float:
+        return self.serving_hits / self.users if self.users else 0.0
+
+    @property
+    def new_is_worse(self) -> bool:
+        """Significantly worse: noise (a handful of users either way) never blocks it."""
+        return self.p_value < GATE_P_VALUE
+
+
+def compare_hits(users: Iterable[str], new: Iterable[str], serving: Iterable[str]) -> Comparison:
+    """Paired comparison of the users each model found again (``new``, ``serving``) among
+    ``users``: an exact one-sided sign test (McNemar's) on the users where they disagree."""
+    everyone = set(users)
+    new_found, serving_found = set(new) & everyone, set(serving) & everyone
+    new_only = len(new_found - serving_found)
+    serving_only = len(serving_found - new_found)
+    discordant = new_only + serving_only
+    p_value = float(binom.sf(serving_only - 1, discordant, 0.5)) if discordant else 1.0
+    return Comparison(
+        len(everyone), len(new_found), len(serving_found), new_only, serving_only, p_value
+    )

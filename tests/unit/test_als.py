@@ -71,6 +71,31 @@ def test_fold_in_adds_up_repeated_items(item_factors: np.ndarray) -> None:
     np.testing.assert_allclose(twice, once, rtol=1e-6)
 
 
+def test_fold_in_with_a_given_gram_is_the_same_solve(item_factors: np.ndarray) -> None:
+    ids, values = [1, 5, 9], [2.0, 1.0, 0.5]
+    plain = fold_in_user(item_factors, ids, values, regularization=0.3, alpha=4.0)
+    y = item_factors.astype(np.float64)
+    given = fold_in_user(item_factors, ids, values, regularization=0.3, alpha=4.0, gram=y.T @ y)
+    np.testing.assert_array_equal(given, plain)
+    # A wrong gram does change the answer: it is really used, not recomputed.
+    off = fold_in_user(item_factors, ids, values, 0.3, alpha=4.0, gram=2.0 * (y.T @ y))
+    assert not np.allclose(off, plain)
+
+
+def test_fold_in_against_user_factors_is_implicits_item_step() -> None:
+    # Users and items swapped: the vector of a new item from the users who took it.
+    user_factors = np.random.default_rng(8).normal(size=(15, FACTORS)).astype(np.float32)
+    users, values = [0, 4, 11], [1.0, 3.0, 2.0]
+    with threadpool_limits(1, "blas"):
+        model = AlternatingLeastSquares(factors=FACTORS, regularization=0.3, alpha=4.0)
+    model.user_factors = user_factors
+    column = sp.csr_matrix((values, ([0, 0, 0], users)), shape=(1, 15), dtype=np.float32)
+    expected = model.recalculate_item(0, column)
+    x = user_factors.astype(np.float64)
+    got = fold_in_user(user_factors, users, values, 0.3, alpha=4.0, gram=x.T @ x)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
 def test_fold_in_of_a_trained_user_is_close_to_its_trained_vector() -> None:
     rng = np.random.default_rng(1)
     x = sp.csr_matrix((rng.random((30, 20)) < 0.3).astype(np.float32))

@@ -15,7 +15,16 @@ from implicit.cpu.als import AlternatingLeastSquares
 from threadpoolctl import threadpool_limits
 
 from models.als import TrainingError, fold_in_user
-from models.serving import FORMAT, AlsScorer, PublishedModel, decode_model, encode_model
+from models.serving import (
+    FORMAT,
+    AlsScorer,
+    PublishedModel,
+    decode_model,
+    encode_model,
+    fold_in_fully,
+    trained_through,
+)
+from models.training import build_matrix, hold_out_latest
 
 N_ITEMS, N_USERS, FACTORS = 7, 3, 4
 ITEM_IDS = [f"i{n}" for n in range(N_ITEMS - 1)] + ["größe/ü 42"]  # non-ASCII id too
@@ -459,3 +468,107 @@ def test_top_items_known_small_case() -> None:
     scorer = _scorer(y, item_ids=["a", "b", "c", "d"])
     assert scorer.top_items(np.array([1.0, 2.0]), 2) == {"d": 3.0, "b": 2.0}
     assert scorer.top_items(np.array([1.0, 2.0]), 3) == {"d": 3.0, "b": 2.0, "a": 1.0}
+
+
+# -- trained_through --------------------------------------------------------------------------
+
+
+def test_trained_through_is_read_from_new_and_old_headers(model: PublishedModel) -> None:
+    # A header written before trained_through existed decodes as before and falls back to the
+    # clock it was trained at.
+    old = decode_model(encode_model(model))
+    assert "trained_through" not in old.params
+    assert trained_through(old) == 1_700_000_000.125
+    newer = PublishedModel(
+        model.version,
+        model.item_ids,
+        model.item_factors,
+        model.user_ids,
+        model.user_factors,
+        {**model.params, "trained_through": 1_700_000_500.5},
+    )
+    assert trained_through(decode_model(encode_model(newer))) == 1_700_000_500.5
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{}, {"clock": None}, {"clock": "soon"}, {"clock": True}, {"trained_through": float("nan")}],
+)
+def test_trained_through_is_none_without_a_usable_time(params: dict[str, Any]) -> None:
+    y = _random_y()
+    empty = np.zeros((0, y.shape[1]), np.float32)
+    assert trained_through(PublishedModel("v", SCORER_ITEMS, y, [], empty, params)) is None
+
+
+# -- fold_in_fully ----------------------------------------------------------------------------
+
+HELD = {
+    # Two tastes; h0 and h1 are held back. h1's latest item "fresh" nobody else has.
+    **{f"a{n}": [("A1", 1.0, 1.0), ("A2", 1.0, 2.0), ("A3", 1.0, 3.0 + n)] for n in range(6)},
+    **{f"b{n}": [("B1", 1.0, 1.0), ("B2", 1.0, 2.0), ("B3", 1.0, 3.0 + n)] for n in range(6)},
+    "h0": [("A1", 1.0, 1.0), ("A2", 2.0, 2.0), ("A3", 1.0, 50.0)],
+    "h1": [("B1", 1.0, 1.0), ("B2", 1.0, 2.0), ("fresh", 3.0, 60.0)],
+}
+
+
+def _trained_without_held_back() -> tuple[PublishedModel, dict[str, str]]:
+    holdout = hold_out_latest(HELD, max_users=2, newer_than=40.0)
+    assert holdout.held_out == {"h0": "A3", "h1": "fresh"}
+    matrix = build_matrix(holdout.train, clock=100.0, half_life=None)
+    assert "fresh" not in matrix.item_ids
+    with threadpool_limits(1, "blas"):
+        als = AlternatingLeastSquares(factors=3, regularization=0.5, alpha=2.0, random_state=0)
+        als.fit(matrix.values, show_progress=False)
+    params = {"regularization": 0.5, "alpha": 2.0, "half_life": None}
+    model = PublishedModel(
+        "v", matrix.item_ids, als.item_factors, matrix.user_ids, als.user_factors, params
+    )
+    return model, holdout.held_out
+
+
+def test_fold_in_fully_solves_held_back_users_from_all_their_interactions() -> None:
+    model, held_out = _trained_without_held_back()
+    done = fold_in_fully(model, HELD, held_out, clock=100.0)
+    rows = {user: n for n, user in enumerate(done.user_ids)}
+    scorer = AlsScorer(done)
+    for user in held_out:
+        expected = scorer.user_vector(HELD[user], clock=100.0)
+        assert expected is not None
+        np.testing.assert_allclose(done.user_factors[rows[user]], expected, rtol=1e-5, atol=1e-6)
+    # Everyone else, and every item the model had, is untouched.
+    others = [rows[u] for u in done.user_ids if u not in held_out]
+    np.testing.assert_array_equal(done.user_factors[others], model.user_factors[others])
+    np.testing.assert_array_equal(done.item_factors[: len(model.item_ids)], model.item_factors)
+    assert model.item_ids == done.item_ids[: len(model.item_ids)]  # the input is not modified
+    # h0's held-back A3 now counts: its score for A3 is its folded-in least-squares fit.
+    a3 = done.item_ids.index("A3")
+    before = float(model.user_factors[rows["h0"]] @ model.item_factors[a3])
+    after = float(done.user_factors[rows["h0"]] @ done.item_factors[a3])
+    assert after > before
+
+
+def test_fold_in_fully_adds_an_item_only_held_back_users_had() -> None:
+    model, held_out = _trained_without_held_back()
+    done = fold_in_fully(model, HELD, held_out, clock=100.0)
+    assert done.item_ids == [*model.item_ids, "fresh"]
+    # Its vector is ALS's item step from the trained user vectors: h1 took it with value 3.
+    h1 = model.user_ids.index("h1")
+    x = model.user_factors.astype(np.float64)
+    expected = fold_in_user(model.user_factors, [h1], [3.0], 0.5, alpha=2.0, gram=x.T @ x)
+    np.testing.assert_allclose(done.item_factors[-1], expected, rtol=1e-5, atol=1e-6)
+    # h1's own vector now includes it, and fresh is h1's best item outside A*.
+    scores = done.item_factors @ done.user_factors[h1]
+    a_items = [n for n, item in enumerate(done.item_ids) if item.startswith("A")]
+    assert scores[-1] > max(scores[n] for n in a_items)
+    decoded = decode_model(encode_model(done))
+    assert decoded.item_ids == done.item_ids and decoded.item_factors.shape == (7, 3)
+
+
+def test_fold_in_fully_ignores_unknown_users_and_changes_nothing_without_users() -> None:
+    model, _ = _trained_without_held_back()
+    same = fold_in_fully(model, HELD, ["nobody"], clock=100.0)
+    assert same.item_ids == model.item_ids
+    np.testing.assert_array_equal(same.user_factors, model.user_factors)
+    np.testing.assert_array_equal(
+        fold_in_fully(model, HELD, [], 100.0).item_factors, model.item_factors
+    )

@@ -11,11 +11,15 @@ import numpy as np
 import pytest
 
 from models.training import (
+    GATE_P_VALUE,
     Holdout,
     InteractionMatrix,
     build_matrix,
+    compare_hits,
+    found_again,
     hit_rate,
     hold_out_latest,
+    latest_time,
     training_value,
 )
 
@@ -208,6 +212,86 @@ def test_hold_out_latest_removes_every_entry_of_the_held_item() -> None:
     assert "a" not in {i for i, _, _ in holdout.train["u1"]}
 
 
+def test_hold_out_latest_newer_than_keeps_only_interactions_a_model_could_not_have_seen() -> None:
+    # Latest times: u1 30, u2 50, u4 7 (u3 is too short). A model trained through 20 has seen
+    # u4's latest (7) but not u1's (30) nor u2's (50); through 30, only u2's is new (strictly).
+    assert hold_out_latest(INTERACTIONS, 10, newer_than=20.0).held_out == {"u1": "b", "u2": "e"}
+    assert hold_out_latest(INTERACTIONS, 10, newer_than=30.0).held_out == {"u2": "e"}
+    only_new = hold_out_latest(INTERACTIONS, 10, newer_than=50.0)
+    assert only_new.held_out == {}
+    assert only_new.train == {
+        u: sorted(v, key=lambda e: (-e[2], e[0])) for u, v in INTERACTIONS.items()
+    }
+    # None: every eligible user, as before.
+    assert hold_out_latest(INTERACTIONS, 10, newer_than=None).held_out == {
+        "u1": "b",
+        "u2": "e",
+        "u4": "x",
+    }
+
+
+def test_latest_time() -> None:
+    assert latest_time(INTERACTIONS) == 100.0  # u3's a
+    assert latest_time({}) is None
+    assert latest_time({"u": []}) is None
+
+
+# -- compare_hits -----------------------------------------------------------------------------
+
+
+def test_compare_hits_counts_per_user_and_ignores_users_outside_the_slice() -> None:
+    users = ["u1", "u2", "u3", "u4", "u5"]
+    comparison = compare_hits(users, new={"u1", "u2", "u9"}, serving={"u2", "u3", "u4"})
+    assert (comparison.users, comparison.new_hits, comparison.serving_hits) == (5, 2, 3)
+    assert (comparison.new_only, comparison.serving_only) == (1, 2)  # u1; u3, u4
+    assert comparison.new_rate == 0.4 and comparison.serving_rate == 0.6
+    # P(X >= 2 | X ~ Binomial(3, 1/2)) = (3 + 1) / 8
+    assert comparison.p_value == pytest.approx(0.5)
+    assert not comparison.new_is_worse
+
+
+@pytest.mark.parametrize(
+    ("serving_only", "new_only", "p_value", "worse"),
+    [
+        (9, 1, 11 / 1024, True),  # P(X >= 9 | 10) = (C(10,9) + C(10,10)) / 2^10
+        (8, 2, 56 / 1024, False),  # (45 + 10 + 1) / 2^10 = 0.0547: could be luck
+        (4, 0, 1 / 16, False),  # four users are no evidence
+        (6, 0, 1 / 64, True),  # six out of six is
+        (0, 5, 1.0, False),  # the new model is the better one
+        (0, 0, 1.0, False),  # they agree on every user
+    ],
+)
+def test_compare_hits_refuses_only_a_significantly_worse_model(
+    serving_only: int, new_only: int, p_value: float, worse: bool
+) -> None:
+    both = [f"b{n}" for n in range(30)]  # found by both: no evidence either way
+    serving = [f"s{n}" for n in range(serving_only)]
+    new = [f"n{n}" for n in range(new_only)]
+    users = [*both, *serving, *new, "neither1", "neither2"]
+    comparison = compare_hits(users, new=[*both, *new], serving=[*both, *serving])
+    assert comparison.p_value == pytest.approx(p_value, rel=1e-9)
+    assert comparison.new_is_worse is worse
+    assert GATE_P_VALUE == 0.025
+
+
+def test_compare_hits_lets_noise_through_but_not_a_real_drop() -> None:
+    # 1000 held-back users, serving HR 0.300. The new model loses 20 users and gains 12 (HR
+    # 0.292): p = P(X >= 20 | 32) = 0.108, published. Loses 60, gains 20 (HR 0.260): refused.
+    base = [f"u{n}" for n in range(1000)]
+    serving = set(base[:300])
+    noisy = compare_hits(base, new=(serving - set(base[:20])) | set(base[300:312]), serving=serving)
+    assert noisy.new_rate == pytest.approx(0.292) and not noisy.new_is_worse
+    assert noisy.p_value == pytest.approx(0.1077, abs=1e-4)
+    drop = compare_hits(base, new=(serving - set(base[:60])) | set(base[300:320]), serving=serving)
+    assert drop.new_rate == pytest.approx(0.26) and drop.new_is_worse
+
+
+def test_compare_hits_of_no_users() -> None:
+    comparison = compare_hits([], new=[], serving=[])
+    assert comparison.users == 0 and comparison.new_rate == 0.0 and comparison.serving_rate == 0.0
+    assert comparison.p_value == 1.0 and not comparison.new_is_worse
+
+
 # -- hit_rate ---------------------------------------------------------------------------------
 
 
@@ -225,3 +309,9 @@ def test_hit_rate_on_a_known_case() -> None:
 def test_hit_rate_of_no_held_out_users_is_zero() -> None:
     assert hit_rate({"u1": ["a"]}, {}) == 0.0
     assert hit_rate({}, {}) == 0.0
+
+
+def test_found_again_is_the_hit_users() -> None:
+    ranked = {"u1": ["a", "b"], "u2": ["c"], "u3": ["e", "f"]}
+    assert found_again(ranked, {"u1": "b", "u2": "d", "u3": "e", "u4": "z"}) == {"u1", "u3"}
+    assert found_again(ranked, {}) == set()
