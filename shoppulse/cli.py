@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
+import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from types import FrameType
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 from urllib.parse import urlparse
 
 import orjson
 import typer
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
+from pydantic_settings import SettingsError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -26,6 +31,9 @@ from shoppulse.errors import ShopPulseError
 from shoppulse.kafka import Publisher, ensure_topics
 from shoppulse.settings import Settings, get_settings
 from stream.keys import Keys, Topics
+
+if TYPE_CHECKING:
+    import redis
 
 console = Console()
 cli = typer.Typer(
@@ -43,7 +51,7 @@ class Dataset(StrEnum):
 
 
 def fail(message: str) -> NoReturn:
-    console.print(f"[bold red]error:[/] {message}")
+    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)  # one line, however long
     raise typer.Exit(2)
 
 
@@ -51,11 +59,39 @@ def load_settings() -> Settings:
     try:
         return get_settings()
     except ValidationError as exc:
-        problems = "; ".join(
-            f"SHOPPULSE_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
-            for e in exc.errors()
-        )
-        fail(f"bad configuration: {problems}")
+        fail(f"bad configuration: {'; '.join(_validation_problem(e) for e in exc.errors())}")
+    except SettingsError as exc:  # a JSON setting (e.g. SHOPPULSE_EVENT_WEIGHTS) is not JSON
+        fail(f"bad configuration: {_parse_problem(exc)}")
+
+
+_SETTING_NAME = re.compile(
+    r"(?<![A-Za-z0-9_])(" + "|".join(sorted(Settings.model_fields, key=len, reverse=True)) + r")\b"
+)
+_PARSED_FIELD = re.compile(r'field "(\w+)"')
+
+
+def _variable(field: str) -> str:
+    """The environment variable of a settings field."""
+    return f"SHOPPULSE_{field.upper()}"
+
+
+def _validation_problem(error: ErrorDetails) -> str:
+    """One validation error as ``SHOPPULSE_X (path): message``; errors of the whole model (no
+    field) name the variables their message mentions."""
+    message = error["msg"].removeprefix("Value error, ")
+    loc = error["loc"]
+    if not loc:
+        return _SETTING_NAME.sub(lambda m: _variable(m.group(1)), message)
+    path = ".".join(str(part) for part in loc[1:])
+    return f"{_variable(str(loc[0]))}{f' ({path})' if path else ''}: {message}"
+
+
+def _parse_problem(exc: SettingsError) -> str:
+    found = _PARSED_FIELD.search(str(exc))
+    if found is None:
+        return str(exc)
+    cause = f" ({exc.__cause__})" if exc.__cause__ is not None else ""
+    return f"{_variable(found.group(1))}: not valid JSON{cause}"
 
 
 def require_services(settings: Settings) -> None:
@@ -74,10 +110,13 @@ def _kafka_security(settings: Settings) -> dict[str, Any]:
 
 
 def _safe_url(url: str) -> str:
-    """The URL without its password, for messages."""
-    parsed = urlparse(url)
-    if parsed.password:
-        return url.replace(f":{parsed.password}@", ":***@")
+    """The URL without its password, for messages (also when the URL does not parse)."""
+    try:
+        password = urlparse(url).password
+    except ValueError:
+        return re.sub(r"(//[^:/@]*):[^@]*@", r"\1:***@", url)
+    if password:
+        return url.replace(f":{password}@", ":***@")
     return url
 
 
@@ -123,21 +162,57 @@ def retrain(
     order and click histories, publish them and re-score every customer."""
     interval = parse_duration(every) if every is not None else None
     settings = load_settings()
-    require_services(settings)
-    while True:
-        ok = _retrain_once(settings)
-        ok = _retrain_churn(settings) and ok
-        if interval is None:
-            if not ok:
-                raise typer.Exit(1)
-            return
+    with _redis_client(settings):  # a URL that cannot work is not worth retrying
+        pass
+    if interval is None:
+        require_services(settings)
+        if not _retrain_round(settings):
+            raise typer.Exit(1)
+        return
+    while True:  # an error is reported and the next tick tries again
+        _retrain_round(settings, check_services=True)
         console.print(f"next retraining in {interval:.0f}s")
         time.sleep(interval)
 
 
+def _retrain_round(settings: Settings, check_services: bool = False) -> bool:
+    """ALS, then churn and segments; False if either could not be trained or published."""
+    if check_services and (problem := _services_problem(settings)) is not None:
+        console.print(f"[bold red]retraining skipped:[/] {problem}", soft_wrap=True)
+        return False
+    ok = _retrain_once(settings)
+    return _retrain_churn(settings) and ok
+
+
+def _services_problem(settings: Settings) -> str | None:
+    problem = localstack.redis_problem(settings.redis_dsn)
+    if problem is not None:
+        return f"Redis is not reachable at {_safe_url(settings.redis_dsn)}: {problem}"
+    if not localstack.kafka_reachable(settings.kafka_bootstrap, security=_kafka_security(settings)):
+        return f"Kafka is not reachable at {settings.kafka_bootstrap}"
+    return None
+
+
+def _attempt(settings: Settings, what: str, coroutine: Coroutine[Any, Any, Any]) -> Any:
+    """Run one training step; a Kafka, Redis or ShopPulse error is reported in one line (the
+    serving model stays) and gives None."""
+    from aiokafka.errors import KafkaError
+    from redis.exceptions import RedisError
+
+    try:
+        return asyncio.run(coroutine)
+    except (ShopPulseError, KafkaError, RedisError, OSError) as exc:
+        kind = {KafkaError: "Kafka error: ", RedisError: "Redis error: "}
+        prefix = next((text for cls, text in kind.items() if isinstance(exc, cls)), "")
+        detail = localstack.without_password(f"{prefix}{exc}", settings.redis_dsn)
+        console.print(
+            f"[bold red]{what} failed:[/] {detail}; the serving model stays", soft_wrap=True
+        )
+        return None
+
+
 def _retrain_once(settings: Settings) -> bool:
     """One retraining; False if no model could be trained (the serving one stays)."""
-    from models.als import TrainingError
     from workers.retrain import Retrainer
 
     async def run() -> Any:
@@ -147,18 +222,24 @@ def _retrain_once(settings: Settings) -> bool:
         finally:
             await retrainer.close()
 
-    try:
-        result = asyncio.run(run())
-    except TrainingError as exc:
-        console.print(f"[bold red]training failed:[/] {exc}; the serving model stays")
+    result = _attempt(settings, "training", run())
+    if result is None:
         return False
-    table = Table(title="retraining")
+    console.print(_result_table("retraining", result.as_dict()))
+    return True
+
+
+def _result_table(title: str, fields: dict[str, Any]) -> Table:
+    table = Table(title=title)
     table.add_column("field")
     table.add_column("value")
-    for name, value in result.as_dict().items():
+    for name, value in fields.items():
+        if name == "cutoffs":
+            value = ", ".join(_utc(c)[:10] for c in value)
+        elif isinstance(value, dict):
+            value = "  ".join(f"{k} {v:.4f}" for k, v in value.items())
         table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
-    console.print(table)
-    return True
+    return table
 
 
 def _retrain_churn(settings: Settings) -> bool:
@@ -173,20 +254,13 @@ def _retrain_churn(settings: Settings) -> bool:
         finally:
             await trainer.close()
 
-    result = _run(run())
+    result = _attempt(settings, "churn training", run())
+    if result is None:
+        return False
     if not result.published:
         console.print(f"[yellow]churn model not trained:[/] {result.reason}; the serving one stays")
         return True
-    table = Table(title="churn and segments")
-    table.add_column("field")
-    table.add_column("value")
-    for name, value in result.as_dict().items():
-        if name == "cutoffs":
-            value = ", ".join(_utc(c)[:10] for c in value)
-        elif isinstance(value, dict):
-            value = "  ".join(f"{k} {v:.4f}" for k, v in value.items())
-        table.add_row(name, f"{value:.4f}" if isinstance(value, float) else str(value))
-    console.print(table)
+    console.print(_result_table("churn and segments", result.as_dict()))
     return True
 
 
@@ -435,11 +509,13 @@ def status() -> None:
     table = Table(title=f"ShopPulse · namespace {settings.namespace}", show_header=False)
     table.add_column("what")
     table.add_column("state")
-    redis_up = localstack.redis_reachable(settings.redis_dsn)
+    redis_problem = localstack.redis_problem(settings.redis_dsn)
+    redis_up = redis_problem is None
     kafka_up = localstack.kafka_reachable(
         settings.kafka_bootstrap, security=_kafka_security(settings)
     )
-    table.add_row("Redis", _up(redis_up, _safe_url(settings.redis_dsn)))
+    redis_where = _safe_url(settings.redis_dsn) + (f" ({redis_problem})" if redis_problem else "")
+    table.add_row("Redis", _up(redis_up, redis_where))
     table.add_row("Kafka", _up(kafka_up, settings.kafka_bootstrap))
     if kafka_up:
         from aiokafka.errors import KafkaError
@@ -469,27 +545,32 @@ def _up(up: bool, where: str) -> str:
 
 
 def _redis_status(settings: Settings) -> dict[str, str]:
-    import redis
-
     keys = Keys(settings.namespace)
-    client = redis.Redis.from_url(settings.redis_dsn, decode_responses=True)
-    try:
+    with _redis_client(settings, decode=True) as client:
         stats = client.hgetall(keys.stats())
         clock = client.get(keys.clock())
-        current = client.get(keys.current_model("als"))
-        version = str(current) if current is not None else None
-        published = client.zscore(keys.models(), version) if version else None
         users = client.scard(keys.users())
-    finally:
-        client.close()
-    age = f" (published {time.time() - float(published):,.0f}s ago)" if published else ""
+        als = _model_state(client, keys.current_model("als"), keys.models())
+        churn = _model_state(client, keys.current_model("churn"), keys.churn_models())
     return {
         "events applied": f"{int(stats.get('applied', 0)):,}",
         "duplicates skipped": f"{int(stats.get('duplicates', 0)):,}",
         "users": f"{int(users):,}",
         "clock (event time)": _utc(float(clock)) if clock else "-",
-        "ALS model": f"{version}{age}" if version else "none yet (run shoppulse retrain)",
+        "ALS model": als,
+        "churn model": churn,
     }
+
+
+def _model_state(client: redis.Redis, current_key: str, published_key: str) -> str:
+    """The serving version of one model kind and how long ago it was published."""
+    raw = client.get(current_key)
+    if raw is None:
+        return "none yet (run shoppulse retrain)"
+    version = raw.decode() if isinstance(raw, bytes) else str(raw)
+    published = client.zscore(published_key, version)
+    age = f" (published {time.time() - float(published):,.0f}s ago)" if published else ""
+    return f"{version}{age}"
 
 
 def _utc(ts: float) -> str:
@@ -499,23 +580,38 @@ def _utc(ts: float) -> str:
 # -- reading state -----------------------------------------------------------------------------
 def _user_id(value: str) -> str:
     if not value.strip():
-        raise typer.BadParameter("the user id must not be empty")
+        fail("the user id must not be empty")
     return value
 
 
-def _read_json(settings: Settings, key: str) -> Any:
+@contextmanager
+def _redis_client(settings: Settings, decode: bool = False) -> Iterator[redis.Redis]:
+    """A synchronous Redis client; a bad URL or a Redis error ends the command with one line
+    (never the password)."""
     import redis
 
-    client = redis.Redis.from_url(settings.redis_dsn)
     try:
-        raw = client.get(key)
+        client = redis.Redis.from_url(settings.redis_dsn, decode_responses=decode)
+    except (TypeError, ValueError) as exc:
+        _redis_failed(settings, "bad Redis URL", exc)
+    try:
+        yield client
     # TypeError/ValueError: URL options that do not fit the scheme (e.g. ssl_ca_certs on
     # redis://) only surface on the first connection.
     except (redis.RedisError, TypeError, ValueError) as exc:
-        problem = localstack.without_password(str(exc), settings.redis_dsn)
-        fail(f"cannot read Redis at {_safe_url(settings.redis_dsn)}: {problem}")
+        _redis_failed(settings, "cannot read Redis", exc)
     finally:
         client.close()
+
+
+def _redis_failed(settings: Settings, what: str, exc: Exception) -> NoReturn:
+    problem = localstack.without_password(str(exc), settings.redis_dsn)
+    fail(f"{what} at {_safe_url(settings.redis_dsn)}: {problem}")
+
+
+def _read_json(settings: Settings, key: str) -> Any:
+    with _redis_client(settings) as client:
+        raw = client.get(key)
     return orjson.loads(raw) if raw is not None else None
 
 
@@ -566,7 +662,7 @@ def _stored_id(settings: Settings, user: str) -> str:
 
 
 @cli.command()
-def pseudonym(user: Annotated[str, typer.Argument(help="User id.")]) -> None:
+def pseudonym(user: Annotated[str, typer.Argument(help="User id.", callback=_user_id)]) -> None:
     """The id a user's state is stored under (SHOPPULSE_PSEUDONYMISE_KEY's keyed hash of the
     user id; the id itself when no key is set)."""
     console.print(_stored_id(load_settings(), user), highlight=False, soft_wrap=True)
@@ -772,29 +868,66 @@ def dev(
     show_users: Annotated[int, typer.Option(min=0, help="Users whose recs are shown.")] = 3,
     exit_after_demo: Annotated[bool, typer.Option(help="Stop once the demo is shown.")] = False,
 ) -> None:
-    """Start a broker and Redis if none is reachable, a stream worker, and a MovieLens demo."""
+    """Start a broker and Redis if none is reachable, a stream worker, and a MovieLens demo.
+    Ctrl-C, SIGTERM or SIGHUP stops everything it started."""
     settings = load_settings()
     with ExitStack() as stack:
-        env = stack.enter_context(local_services(settings))
-        stack.enter_context(worker_process(env))
-        os.environ.update(env)
-        get_settings.cache_clear()
-        settings = load_settings()
-        before = _run(events_seen(settings))
-        published = _run(publish_movielens(settings, limit, rate))
-        demo_users = _run(wait_for_replay(settings, before + published))
-        show_recommendations(settings, demo_users[:show_users])
-        if exit_after_demo:
-            return
-        console.print(
-            "\n[bold]ShopPulse is running.[/] Try [cyan]shoppulse recs 1[/] or "
-            "[cyan]shoppulse profile 1[/] in another shell. Ctrl-C stops everything."
-        )
+        # Entered first, so left last: a second signal cannot cut the children's shutdown short.
+        stack.enter_context(stop_on_signals())
         try:
-            while True:
-                time.sleep(3600)
+            _dev_session(stack, settings, limit, rate, show_users, exit_after_demo)
         except KeyboardInterrupt:
             console.print("stopping")
+
+
+def _dev_session(
+    stack: ExitStack,
+    settings: Settings,
+    limit: int | None,
+    rate: float | None,
+    show_users: int,
+    exit_after_demo: bool,
+) -> None:
+    """Services and worker (entered into ``stack``, so they stop with it), replay and demo."""
+    env = stack.enter_context(local_services(settings))
+    stack.enter_context(worker_process(env))
+    os.environ.update(env)
+    get_settings.cache_clear()
+    settings = load_settings()
+    before = _run(events_seen(settings))
+    published = _run(publish_movielens(settings, limit, rate))
+    demo_users = _run(wait_for_replay(settings, before + published))
+    show_recommendations(settings, demo_users[:show_users])
+    if exit_after_demo:
+        return
+    console.print(
+        "\n[bold]ShopPulse is running.[/] Try [cyan]shoppulse recs 1[/] or "
+        "[cyan]shoppulse profile 1[/] in another shell. Ctrl-C stops everything."
+    )
+    while True:
+        time.sleep(3600)
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP act as Ctrl-C (KeyboardInterrupt), so the children are stopped on
+    the way out instead of being left to init; once one has arrived, further ones are
+    ignored until the shutdown is over."""
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        for number in STOP_SIGNALS:
+            signal.signal(number, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    previous = {number: signal.signal(number, stop) for number in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 @contextmanager
@@ -805,15 +938,16 @@ def local_services(settings: Settings) -> Iterator[dict[str, str]]:
         "SHOPPULSE_REDIS_URL": settings.redis_dsn,
     }
     with ExitStack() as stack:
-        if localstack.redis_reachable(settings.redis_dsn):
+        problem = localstack.redis_problem(settings.redis_dsn)
+        if problem is None:
             console.print(f"Redis: using {_safe_url(settings.redis_dsn)}")
         else:
-            parsed = urlparse(settings.redis_dsn)
-            if parsed.hostname not in LOCAL_HOSTS:
-                fail(f"Redis is not reachable at {_safe_url(settings.redis_dsn)}")
-            server = _start(lambda: localstack.RedisServer(port=parsed.port or 6379).start())
+            port = _local_redis_port(settings.redis_dsn)
+            if port is None:
+                fail(f"Redis is not reachable at {_safe_url(settings.redis_dsn)}: {problem}")
+            server = _start(lambda: localstack.RedisServer(port=port).start())
             stack.enter_context(server)
-            console.print(f"Redis: started redis-server on port {parsed.port or 6379}")
+            console.print(f"Redis: started redis-server on port {port}")
         if localstack.kafka_reachable(settings.kafka_bootstrap):
             console.print(f"Kafka: using {settings.kafka_bootstrap}")
         else:
@@ -825,6 +959,17 @@ def local_services(settings: Settings) -> Iterator[dict[str, str]]:
             env["SHOPPULSE_KAFKA_BOOTSTRAP"] = broker.bootstrap
             console.print(f"Kafka: started the Tansu broker (memory only) at {broker.bootstrap}")
         yield env
+
+
+def _local_redis_port(url: str) -> int | None:
+    """The port of a ``redis://`` URL on this machine (where dev may start a Redis), else None
+    (another host, another scheme, or a URL that does not parse)."""
+    try:
+        parsed = urlparse(url)
+        port = parsed.port or localstack.DEFAULT_REDIS_PORT
+    except ValueError:
+        return None
+    return port if parsed.scheme == "redis" and parsed.hostname in LOCAL_HOSTS else None
 
 
 def _start(factory: Any) -> Any:
@@ -882,17 +1027,12 @@ def show_recommendations(settings: Settings, users: list[str]) -> None:
 
 
 def _titles(settings: Settings, item_ids: list[str]) -> dict[str, str]:
-    import redis
-
     keys = Keys(settings.namespace)
-    client = redis.Redis.from_url(settings.redis_dsn, decode_responses=True)
-    try:
+    with _redis_client(settings, decode=True) as client:
         pipe = client.pipeline(transaction=False)
         for item_id in item_ids:
             pipe.hget(keys.item(item_id), "title")
         return {i: t or "" for i, t in zip(item_ids, pipe.execute(), strict=True)}
-    finally:
-        client.close()
 
 
 def main() -> None:

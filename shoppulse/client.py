@@ -39,6 +39,7 @@ from shoppulse.kafka import Publisher, follow, security_options
 from shoppulse.settings import Settings, get_settings
 from stream.events import decode_catalog, decode_click, decode_order
 from stream.keys import Keys, Topics
+from stream.privacy import user_key
 from stream.store import RedisStore, connect
 
 ClickKind = Literal["view", "click", "add_to_cart", "remove_from_cart"]
@@ -51,7 +52,9 @@ class ShopPulseClient:
     """Async client of one ShopPulse namespace (an ``async with`` block, or call ``close``).
 
     ``settings`` defaults to the environment (``SHOPPULSE_KAFKA_BOOTSTRAP``,
-    ``SHOPPULSE_REDIS_URL``, ``SHOPPULSE_NAMESPACE``); the keyword arguments override it."""
+    ``SHOPPULSE_REDIS_URL``, ``SHOPPULSE_NAMESPACE``); the keyword arguments override it.
+    With ``SHOPPULSE_PSEUDONYMISE_KEY`` set, reads take the shop's own user ids and look up
+    their pseudonyms, as the worker stored them."""
 
     def __init__(
         self,
@@ -68,6 +71,7 @@ class ShopPulseClient:
         self.topics = Topics(self.namespace)
         self._redis_url = redis_url or base.redis_dsn
         self._security = security_options(base)  # TLS/SASL from the settings
+        self._pseudonymise_key = base.pseudonymise_key
         self._store: RedisStore | None = None
         self._publisher: Publisher | None = None
 
@@ -196,11 +200,15 @@ class ShopPulseClient:
     async def recommendations(self, user_id: str | int) -> dict[str, Any] | None:
         """The user's current recommendations (``{"items": [{"item_id", "score", "source"}],
         "recommendation_id", "model_version", ...}``), or None if there are none yet."""
-        return await self._get(self.keys.recs(str(user_id)))
+        return await self._get(self.keys.recs(self._stored_id(user_id)))
 
     async def profile(self, user_id: str | int) -> dict[str, Any] | None:
         """The user's live profile, or None if the user is unknown."""
-        return await self._get(self.keys.profile(str(user_id)))
+        return await self._get(self.keys.profile(self._stored_id(user_id)))
+
+    def _stored_id(self, user_id: str | int) -> str:
+        """The id the worker stored the user's state under (its pseudonym if a key is set)."""
+        return user_key(str(user_id), self._pseudonymise_key)
 
     async def _get(self, key: str) -> dict[str, Any] | None:
         from redis.exceptions import RedisError

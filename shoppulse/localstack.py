@@ -242,7 +242,11 @@ class _ChildServer:
             self.process = subprocess.Popen(
                 self._argv(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
             )
-        self._wait_until_ready()
+        try:
+            self._wait_until_ready()
+        except BaseException:  # e.g. Ctrl-C or SIGTERM while waiting: the child goes too
+            self.stop()
+            raise
         return self
 
     def _wait_until_ready(self) -> None:
@@ -382,3 +386,4 @@ def worker_process(
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
+            process.wait()

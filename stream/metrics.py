@@ -14,6 +14,9 @@ from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic import SecretStr
+
+from stream.privacy import user_key
 
 __all__ = [
     "CONTENT_TYPE",
@@ -177,6 +180,12 @@ class Metrics:
         )
         self.up.set(time.time())
         self._model: tuple[str, str] | None = None
+        self._pseudonymise_key: SecretStr | None = None
+
+    def use_pseudonyms(self, key: SecretStr | None) -> None:
+        """Recommendations carry pseudonymised user ids when the worker has this key
+        (SHOPPULSE_PSEUDONYMISE_KEY), while message keys stay the shop's ids."""
+        self._pseudonymise_key = key
 
     # -- recording --------------------------------------------------------------------------
     def batch(
@@ -189,7 +198,7 @@ class Metrics:
         now: float | None = None,
     ) -> None:
         """Record one processed batch: ``outcome`` is a BatchOutcome; ``timestamps`` maps user
-        ids to the Kafka timestamps of their events in the batch."""
+        ids as sent (message keys) to the Kafka timestamps of their events in the batch."""
         self.batch_seconds.labels(agent).observe(seconds)
         self.batch_events.labels(agent).observe(len(topics))
         dead = [str(d.get("source_topic", "")) for d in outcome.dead_letters]
@@ -203,10 +212,19 @@ class Metrics:
         if alerts:
             self.alerts.labels("churn").inc(len(alerts))
         if timestamps:
-            written = time.time() if now is None else now
-            for document in outcome.recommendations:
-                for ts in timestamps.get(str(document.get("user_id")), ()):
-                    self.click_to_recs.observe(max(0.0, written - ts))
+            self._latency(outcome.recommendations, timestamps, time.time() if now is None else now)
+
+    def _latency(
+        self,
+        recommendations: Iterable[Mapping[str, Any]],
+        timestamps: Mapping[str, Sequence[float]],
+        written: float,
+    ) -> None:
+        """Event-to-recommendation latency of each event whose user got a new list."""
+        stored = {user_key(user, self._pseudonymise_key): ts for user, ts in timestamps.items()}
+        for document in recommendations:
+            for ts in stored.get(str(document.get("user_id")), ()):
+                self.click_to_recs.observe(max(0.0, written - ts))
 
     def redis_failure(self, exc: BaseException, retried: bool = True) -> None:
         self.redis_errors.labels(type(exc).__name__).inc()

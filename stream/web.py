@@ -3,6 +3,8 @@
 ``/`` the dashboard (one static page, stream/static/dashboard.html, no build step),
 ``/metrics`` Prometheus text, ``/health`` liveness with Redis, and the JSON the dashboard reads:
 ``/api/overview``, ``/api/models``, ``/api/user/{user_id}``, ``/api/alerts``, ``/api/risk``.
+``/api/user/`` takes the shop's user id (pseudonymised here when SHOPPULSE_PSEUDONYMISE_KEY is
+set), or with ``?stored=1`` the id as stored (what alerts carry).
 
 :func:`register_web` is the one call ``create_app`` makes. A timer samples the stream's
 counters every :data:`SAMPLE_SECONDS` into a small in-memory ring (the event-rate chart), the
@@ -28,7 +30,8 @@ from redis.exceptions import RedisError
 from shoppulse.settings import Settings
 from stream.keys import Keys, Topics
 from stream.metrics import CONTENT_TYPE, METRICS, Metrics
-from stream.model_store import KIND_ALS, ModelStore
+from stream.model_store import KIND_ALS, KIND_CHURN, ModelStore
+from stream.privacy import user_key
 from stream.store import connect
 
 log = logging.getLogger(__name__)
@@ -169,14 +172,55 @@ async def overview(app: faust.App, state: WebState) -> dict[str, Any]:
 
 
 async def models(state: WebState) -> dict[str, Any]:
+    """The kept ALS versions (``current``, ``versions``) and the serving churn model."""
     current = await state.models.current_version(KIND_ALS)
-    return {"current": current, "versions": await state.models.versions()}
+    return {
+        "current": current,
+        "versions": await state.models.versions(),
+        "churn": await churn_model(state),
+    }
 
 
-async def user(state: WebState, user_id: str) -> dict[str, Any] | None:
-    """Profile and recommendations, each item with its catalog category and title."""
+async def churn_model(state: WebState) -> dict[str, Any] | None:
+    """What the serving churn version's published documents say (no coefficients), or None."""
+    raw = await state.redis.get(state.keys.current_model(KIND_CHURN))
+    if raw is None:
+        return None
+    version = raw.decode() if isinstance(raw, bytes) else str(raw)
+    pipe = state.redis.pipeline(transaction=False)
+    pipe.hmget(state.keys.model(version), "churn", "segments")
+    pipe.zscore(state.keys.churn_models(), version)
+    (churn_raw, segments_raw), published = await pipe.execute()
+    churn, segments = _json_object(churn_raw), _json_object(segments_raw)
+    found = churn.get("params")
+    params: dict[str, Any] = found if isinstance(found, dict) else {}
+    return {
+        "version": version,
+        "published_at": float(published) if published is not None else None,
+        "horizon_days": churn.get("horizon_days"),
+        "features": churn.get("features") or [],
+        "rows": params.get("rows"),
+        "validation": params.get("validation") or {},
+        "segments": segments.get("labels") or [],
+    }
+
+
+def _json_object(raw: str | bytes | None) -> dict[str, Any]:
+    """A stored JSON document as a dict ({} if missing or not an object)."""
+    try:
+        document = orjson.loads(raw) if raw is not None else {}
+    except orjson.JSONDecodeError:
+        return {}
+    return document if isinstance(document, dict) else {}
+
+
+async def user(state: WebState, user_id: str, stored: bool = False) -> dict[str, Any] | None:
+    """Profile and recommendations, each item with its catalog category and title. ``user_id``
+    is the shop's id (looked up under its pseudonym when a key is set), or with ``stored`` the
+    id as stored."""
     keys = state.keys
-    profile_raw, recs_raw = await state.redis.mget([keys.profile(user_id), keys.recs(user_id)])
+    key_id = user_id if stored else user_key(user_id, state.settings.pseudonymise_key)
+    profile_raw, recs_raw = await state.redis.mget([keys.profile(key_id), keys.recs(key_id)])
     if profile_raw is None and recs_raw is None:
         return None
     profile = orjson.loads(profile_raw) if profile_raw is not None else None
@@ -261,6 +305,7 @@ def _limit(request: Any, default: int, most: int) -> int:
 def register_web(app: faust.App, settings: Settings, metrics: Metrics = METRICS) -> WebState | None:
     """Add ShopPulse's pages and its sampling timer to ``app`` (nothing if the web server is
     disabled)."""
+    metrics.use_pseudonyms(settings.pseudonymise_key)  # the latency histogram needs it
     if not settings.web_enabled:
         return None
     state = WebState(settings, Keys(settings.namespace), Topics(settings.namespace), metrics)
@@ -298,8 +343,9 @@ def register_web(app: faust.App, settings: Settings, metrics: Metrics = METRICS)
 
     @app.page("/api/user/{user_id:.+}", name="shoppulse-user")
     async def api_user(view: Any, request: Any, user_id: str) -> Any:
+        stored = request.query.get("stored", "") in ("1", "true")
         try:
-            found = await user(state, user_id)
+            found = await user(state, user_id, stored)
         except RedisError as exc:
             metrics.redis_failure(exc, retried=False)
             return reply(view, {"error": f"Redis unavailable: {type(exc).__name__}"}, 503)

@@ -8,8 +8,8 @@ import sys
 from collections.abc import Awaitable, Callable
 
 import pytest
+from aiokafka import AIOKafkaConsumer
 
-from shoppulse.kafka import ensure_topics
 from tests.integration.conftest import Stack
 
 pytestmark = pytest.mark.integration
@@ -18,7 +18,9 @@ pytestmark = pytest.mark.integration
 async def test_alerts_command_prints_alerts_from_the_topic(
     make_stack: Callable[..., Awaitable[Stack]],
 ) -> None:
-    stack = await make_stack(workers=0)
+    # One partition, so "the first two alerts" is well defined (with several, --limit 2 would
+    # read whichever two partitions answered first).
+    stack = await make_stack(workers=0, partitions=1)
     alerts = [
         {
             "alert_id": f"al-{n}",
@@ -32,7 +34,7 @@ async def test_alerts_command_prints_alerts_from_the_topic(
         }
         for n in range(3)
     ]
-    await ensure_topics(stack.broker, [stack.topics.churn_alerts], 1)  # one order to check
+    assert await partitions_of(stack.broker, stack.topics.churn_alerts) == 1
     await stack.publish(stack.topics.churn_alerts, *alerts)
     command = [sys.executable, "-m", "shoppulse", "alerts", "--from-beginning", "--limit", "2"]
     done = await asyncio.to_thread(
@@ -48,3 +50,13 @@ async def test_alerts_command_prints_alerts_from_the_topic(
     assert "shopper-1" in done.stdout and "0.80" in done.stdout
     assert "shopper-2" not in done.stdout  # --limit 2
     assert "2 alerts" in done.stdout
+
+
+async def partitions_of(broker: str, topic: str) -> int:
+    consumer = AIOKafkaConsumer(bootstrap_servers=broker)
+    await consumer.start()
+    try:
+        await consumer.topics()
+        return len(consumer.partitions_for_topic(topic) or ())
+    finally:
+        await consumer.stop()

@@ -12,11 +12,15 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import numpy as np
 import orjson
 import pytest
+import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 
+from models.churn import ChurnModel
 from shoppulse import localstack
+from stream.model_store import ChurnModels, ChurnModelStore
 from tests.integration.chromium import Browser, find_or_install_chromium
 from tests.integration.conftest import ARTIFACTS, REDIS_URL, Stack
 
@@ -89,6 +93,8 @@ async def web(broker: str) -> AsyncIterator[Web]:
         timeout=120,
     )
     assert trained.returncode == 0, trained.stdout + trained.stderr
+    # Eight click-only users cannot train a churn model: publish one as `retrain` would.
+    await publish_churn_model(stack)
     running = Web(stack, port, len(events))
 
     async def healthy() -> bool | None:
@@ -101,6 +107,28 @@ async def web(broker: str) -> AsyncIterator[Web]:
     await stack.until(healthy, 60, "the web server to answer /health with 200")
     yield running
     await stack.cleanup()
+
+
+CHURN_VERSION = "churn-20240101T000000Z-abc123"
+
+
+async def publish_churn_model(stack: Stack) -> None:
+    model = ChurnModel(
+        version=CHURN_VERSION,
+        features=("overdue",),
+        mean=np.zeros(1),
+        scale=np.ones(1),
+        coef=np.ones(1),
+        intercept=-1.0,
+        horizon_days=90.0,
+        reference=np.zeros(1),
+        params={"rows": 120, "validation": {"roc_auc": 0.75}},
+    )
+    client = aioredis.Redis.from_url(stack.redis_url)
+    try:
+        await ChurnModelStore(client, stack.keys).publish(ChurnModels(CHURN_VERSION, model, None))
+    finally:
+        await client.aclose()
 
 
 async def metric_samples(web: Web) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -229,6 +257,11 @@ async def test_json_api(web: Web) -> None:
     assert [v["version"] for v in models["versions"]] == [current]
     assert 0.0 <= models["versions"][0]["params"]["holdout_hit_rate"] <= 1.0
     assert models["versions"][0]["users"] == len(USERS)
+    churn = models["churn"]  # the serving churn version, from its published document
+    assert churn["version"] == CHURN_VERSION
+    assert churn["published_at"] > T0
+    assert churn["horizon_days"] == 90.0 and churn["features"] == ["overdue"]
+    assert churn["rows"] == 120 and churn["validation"]["roc_auc"] == 0.75
 
 
 async def test_dashboard_in_headless_chromium(web: Web) -> None:
@@ -274,6 +307,12 @@ async def test_dashboard_in_headless_chromium(web: Web) -> None:
             20,
         )
         assert current in table and "serving" in table
+        churn = await browser.wait_for(
+            "document.getElementById('churn-version') && "
+            "document.getElementById('churn-model').textContent",
+            20,
+        )
+        assert CHURN_VERSION in churn and "ROC-AUC 0.750" in churn
         await browser.wait_for("document.querySelectorAll('#eval-chart rect').length === 1")
         png = await browser.screenshot(ARTIFACTS / "dashboard.png")
         # A missing user says so.

@@ -122,3 +122,18 @@ async def test_health_is_503_when_redis_does_not_answer() -> None:
     assert body["redis"] == "unreachable"
     assert body["app"] == "running"
     assert "redis_error" in body
+
+
+def test_latency_matches_raw_message_keys_to_pseudonymised_recommendations() -> None:
+    from pydantic import SecretStr
+
+    from stream.privacy import pseudonym
+
+    key = SecretStr("shop-secret")
+    metrics = Metrics()
+    metrics.use_pseudonyms(key)
+    outcome: Any = BatchOutcome(recommendations=[{"user_id": pseudonym("u1", key)}], applied=2)
+    metrics.batch("user-events", ["ns.clicks"] * 2, outcome, 0.01, {"u1": [100.0, 101.0]}, 103.0)
+    found = samples(metrics)
+    assert found[("shoppulse_click_to_recommendation_seconds_count", frozenset())] == 2
+    assert found[("shoppulse_click_to_recommendation_seconds_sum", frozenset())] == 5.0
