@@ -76,8 +76,8 @@ class Settings(BaseSettings):
     )
 
     # Stream batching.
-    batch_size: int = Field(500, ge=1, description="Most events processed in one micro-batch.")
-    batch_window_ms: int = Field(50, ge=1, description="Longest wait for a micro-batch to fill.")
+    batch_size: int = Field(1000, ge=1, description="Most events processed in one micro-batch.")
+    batch_window_ms: int = Field(10, ge=1, description="Longest wait for a micro-batch to fill.")
 
     # Profiles.
     half_life_days: float = Field(
