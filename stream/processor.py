@@ -11,7 +11,7 @@ import base64
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +36,7 @@ SECONDS_PER_DAY = 86_400.0
 MODEL_VERSION = "online"  # the streaming item-kNN + popularity blend; ALS versions replace it
 TOP_CATEGORIES = 3
 MAX_COMMIT_ATTEMPTS = 8
+MAX_REFRESH_ATTEMPTS = 3  # the last writes whatever the model: lists are never dropped
 _PREVIEW_BYTES = 4096
 DEAD_LETTER_KEPT_BYTES = 512 * 1024  # with base64 and the rest, well inside Kafka's 1 MB
 
@@ -289,8 +290,41 @@ class Processor:
         records: Sequence[UserRecord],
         clock: float,
         vectors: dict[str, NDArray[np.floating]] | None = None,
+        versions: Mapping[str, int] | None = None,
     ) -> list[dict[str, Any]]:
-        """Recompute, store and return the recommendation documents of these users."""
+        """Recompute, store and return the recommendation documents of these users.
+
+        Lists are written only if the model they were computed with is still the current one
+        (else the new one is followed and they are recomputed: a retrain's fresh lists are
+        never overwritten by older ones), and, for users in ``versions``, only if their state
+        is still that version (a retrain never overwrites a list a newer batch wrote)."""
+        documents: list[dict[str, Any]] = []
+        for attempt in range(MAX_REFRESH_ATTEMPTS):
+            documents = await self._rank(records, clock, vectors)
+            last = attempt == MAX_REFRESH_ATTEMPTS - 1
+            accept = None if last else self._acceptable_models()
+            current, skipped = await self.store.write_recommendations(documents, accept, versions)
+            if current:
+                return [d for d in documents if d["user_id"] not in skipped]
+            if self.models is None:  # cannot follow (a retrain's own processor): the newer
+                return []  # model's refresh writes these users' lists
+            await self.follow_model()
+        return documents
+
+    def _acceptable_models(self) -> list[str] | None:
+        """The current ALS versions under which this processor's lists may be written: the
+        one it serves ("" for none) and versions it refused (it cannot serve those)."""
+        if self.models is None and self.scorer is None:
+            return None
+        serving = self.scorer.version if self.scorer is not None else ""
+        return [serving, *sorted(self.refused_models)]
+
+    async def _rank(
+        self,
+        records: Sequence[UserRecord],
+        clock: float,
+        vectors: dict[str, NDArray[np.floating]] | None,
+    ) -> list[dict[str, Any]]:
         if not records:
             return []
         window = self.profile_params.cooc_window
@@ -320,11 +354,7 @@ class Processor:
             self.settings.recs_count,
             half_life,
         )
-        documents = [
-            self._document(r, items, clock) for r, items in zip(records, ranked, strict=True)
-        ]
-        await self.store.write_recommendations(documents)
-        return documents
+        return [self._document(r, items, clock) for r, items in zip(records, ranked, strict=True)]
 
     def _excluded(self, record: UserRecord, out_of_stock: set[str]) -> set[str]:
         """Never recommended to this user: bought, out of stock, and (unless configured)

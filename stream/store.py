@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -23,6 +23,7 @@ from models.profile import ItemDeltas, UserRecord
 from models.similarity import shrunk_cosine_array
 from stream.events import CatalogIn
 from stream.keys import Keys
+from stream.model_store import KIND_ALS
 
 ALERTS_KEPT = 1000  # length of the {ns}:alerts list (newest first)
 ALERT_LEASE_SECONDS = 30.0  # an alert not confirmed on Kafka this long after it is written
@@ -69,6 +70,7 @@ class RedisStore:
         self._scores: AsyncScript = client.register_script(_lua("commit_scores.lua"))
         self._candidates: AsyncScript = client.register_script(_lua("read_candidates.lua"))
         self._claim_alerts: AsyncScript = client.register_script(_lua("claim_alerts.lua"))
+        self._write_recs: AsyncScript = client.register_script(_lua("write_recs.lua"))
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -329,11 +331,33 @@ class RedisStore:
             {str(item_id) for item_id in out_of_stock},
         )
 
-    async def write_recommendations(self, documents: Sequence[dict[str, Any]]) -> None:
-        pipe = self.client.pipeline(transaction=False)
-        for document in documents:
-            pipe.set(self.keys.recs(document["user_id"]), orjson.dumps(document))
-        await pipe.execute()
+    async def write_recommendations(
+        self,
+        documents: Sequence[dict[str, Any]],
+        accept_models: Sequence[str] | None = None,
+        versions: Mapping[str, int] | None = None,
+    ) -> tuple[bool, set[str]]:
+        """Write lists in one script: none if the current ALS version is not one of
+        ``accept_models`` ("" for no model; None: not checked), and not those of users whose
+        state version is no longer the one in ``versions``. Returns (model still current,
+        users skipped)."""
+        keys = self.keys
+        expect = versions or {}
+        payload: dict[str, Any] = {
+            "users": [
+                [
+                    keys.recs(d["user_id"]),
+                    keys.user_state(d["user_id"]),
+                    expect.get(d["user_id"], -1),
+                ]
+                for d in documents
+            ]
+        }
+        if accept_models is not None:
+            payload |= {"current_key": keys.current_model(KIND_ALS), "accept": list(accept_models)}
+        reply = await self._write_recs(args=[orjson.dumps(payload), *map(orjson.dumps, documents)])
+        skipped = {documents[int(n) - 1]["user_id"] for n in reply[1:]}
+        return bool(int(reply[0])), skipped
 
     # -- reading for people and tests ---------------------------------------------------------
     async def get_json(self, key: str) -> Any:

@@ -371,8 +371,9 @@ class Retrainer:
                 vectors: dict[str, NDArray[np.floating]] = {
                     user: model.user_factors[rows[user]] for user in users if user in rows
                 }
+                versions = {user: record.version for user, record in records.items()}
                 documents = await processor.refresh_recommendations(
-                    list(records.values()), clock, vectors
+                    list(records.values()), clock, vectors, versions
                 )
                 if publisher is not None:
                     await publisher.send_many(

@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from shoppulse import localstack
 from shoppulse.kafka import Publisher
@@ -142,6 +143,20 @@ async def _at_least(stack: Stack, count: int) -> bool | None:
     return (await applied(stack)) >= count or None
 
 
+async def committed(stack: Stack, topic: str) -> int:
+    """Events of ``topic`` the workers' consumer group has committed, over all partitions."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=stack.broker, group_id=stack.namespace)
+    await consumer.start()
+    try:
+        await consumer.topics()  # metadata, for the topic's partitions
+        partitions = consumer.partitions_for_topic(topic) or set()
+        assert partitions, topic
+        offsets = [await consumer.committed(TopicPartition(topic, p)) for p in partitions]
+        return sum(offset or 0 for offset in offsets)
+    finally:
+        await consumer.stop()
+
+
 @pytest.fixture
 def private_redis() -> Iterator[localstack.RedisServer]:
     with localstack.RedisServer(port=localstack.free_port()) as server:
@@ -164,13 +179,14 @@ async def test_a_frozen_redis_delays_the_stream_but_loses_nothing(
         await stack.publish_fast(stack.topics.orders, events[200:])
         await asyncio.sleep(10)
         stack.assert_workers_alive()
+        # Faust commits every 2.8 s what its agents acked: nothing past what Redis stored
+        # before it froze (all 200), though 400 more were fetched meanwhile.
+        assert await committed(stack, stack.topics.orders) == 200
     finally:
         os.kill(private_redis.process.pid, signal.SIGCONT)
     await stack.until(lambda: _at_least(stack, len(events)), 120, "every order applied")
     await asyncio.sleep(2)
     assert await applied(stack) == len(events)
-    duplicates = await stack.redis.hget(stack.keys.stats(), "duplicates")
-    assert int(duplicates or 0) > 0, "no redelivery seen: the dedupe path went untested"
     for user, (orders, revenue) in expected_totals(events).items():
         profile = await stack.json(stack.keys.profile(user))
         assert (profile["orders"], profile["revenue"]) == (orders, pytest.approx(revenue)), user
@@ -178,8 +194,6 @@ async def test_a_frozen_redis_delays_the_stream_but_loses_nothing(
 
 async def assert_exact_totals(stack: Stack, events: list[dict[str, Any]]) -> None:
     assert await applied(stack) == len(events)
-    duplicates = await stack.redis.hget(stack.keys.stats(), "duplicates")
-    assert int(duplicates or 0) > 0, "no redelivery seen: the dedupe path went untested"
     for user, (orders, revenue) in expected_totals(events).items():
         profile = await stack.json(stack.keys.profile(user))
         assert (profile["orders"], profile["revenue"]) == (orders, pytest.approx(revenue)), user
