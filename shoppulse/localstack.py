@@ -300,30 +300,37 @@ class Broker(_ChildServer):
         host: str = LOCALHOST,
         log_path: Path | None = None,
         startup_timeout: float = 30.0,
+        advertised: str | None = None,
+        security: Mapping[str, Any] | None = None,
     ) -> None:
+        """``advertised`` (host:port) is where clients are told to connect instead of the
+        listener, for a proxy in front (a TLS terminator, say); ``security`` are the client
+        options that address needs, for the readiness check."""
         super().__init__(host, port, log_path, startup_timeout)
         # Resolved now, so a missing binary is reported before anything starts.
         self.binary = tansu_binary()
-        self.bootstrap = f"{host}:{port}"
+        self.bootstrap = advertised or f"{host}:{port}"
+        self.security = dict(security or {})
 
     def _argv(self) -> list[str]:
         url = f"tcp://{self.host}:{self.port}"
-        # The advertised URL must equal the listener: clients reconnect to what metadata
-        # advertises, and Tansu's default (localhost:9092) is wrong for any other port.
+        # The advertised URL must be where clients can reach this broker: they reconnect to
+        # what metadata advertises, and Tansu's default (localhost:9092) is wrong for any
+        # other port.
         return [
             self.binary,
             "broker",
             "--listener-url",
             url,
             "--advertised-listener-url",
-            url,
+            f"tcp://{self.bootstrap}",
             "--storage-engine",
             "memory://tansu/",
         ]
 
     def _ready(self, timeout: float) -> bool:
         # kafka_reachable probes TCP first, then asks for metadata: both must work.
-        return kafka_reachable(self.bootstrap, timeout=timeout)
+        return kafka_reachable(self.bootstrap, timeout=timeout, security=self.security)
 
 
 class RedisServer(_ChildServer):
