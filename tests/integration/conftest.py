@@ -11,6 +11,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -18,10 +19,16 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer
+from pydantic import SecretStr
 
+from models.churn import ChurnModel
 from shoppulse import localstack
 from shoppulse.kafka import Publisher, ensure_topics
+from shoppulse.settings import Settings
 from stream.keys import Keys, Topics
+from stream.model_store import ChurnModels, ChurnModelStore, ModelStore
+from stream.processor import Processor
+from stream.store import RedisStore, connect
 
 T = TypeVar("T")
 REDIS_URL = os.environ.get("SHOPPULSE_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -214,3 +221,29 @@ async def make_stack(broker: str, redis_url: str) -> AsyncIterator[Callable[...,
     yield make
     for stack in stacks:
         await stack.cleanup()
+
+
+async def publish_churn_model(stack: Stack, model: ChurnModel) -> None:
+    """Publish ``model`` (no segments) as the stack's serving churn version."""
+    client = aioredis.Redis.from_url(stack.redis_url)
+    try:
+        await ChurnModelStore(client, stack.keys).publish(ChurnModels(model.version, model, None))
+    finally:
+        await client.aclose()
+
+
+@asynccontextmanager
+async def processor_for(redis_url: str, **settings: Any) -> AsyncIterator[Processor]:
+    """A Processor built as stream/app.py builds it, on a fresh namespace of the real Redis
+    (removed afterwards), for tests that drive batches without Kafka."""
+    keys = Keys(f"p{uuid.uuid4().hex[:10]}")
+    config = Settings(namespace=keys.ns, redis_url=SecretStr(redis_url), **settings)
+    store = RedisStore(connect(redis_url), keys)
+    models = ModelStore(connect(redis_url, decode=False), keys)
+    try:
+        yield Processor(store, config, models)
+    finally:
+        async for key in store.client.scan_iter(f"{keys.ns}:*", count=1000):
+            await store.client.delete(key)
+        await store.close()
+        await models.client.aclose()

@@ -11,13 +11,10 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import numpy as np
 import pytest
-import redis.asyncio as aioredis
 
-from models.churn import ChurnModel
-from stream.model_store import ChurnModels, ChurnModelStore
-from tests.integration.conftest import Stack
+from tests.churn_models import overdue_model
+from tests.integration.conftest import Stack, publish_churn_model
 
 pytestmark = pytest.mark.integration
 
@@ -34,24 +31,6 @@ def shoppulse(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-async def publish_churn_model(stack: Stack) -> None:
-    model = ChurnModel(
-        version=CHURN_VERSION,
-        features=("overdue",),
-        mean=np.zeros(1),
-        scale=np.ones(1),
-        coef=np.ones(1),
-        intercept=-1.0,
-        horizon_days=90.0,
-        reference=np.zeros(1),
-    )
-    client = aioredis.Redis.from_url(stack.redis_url)
-    try:
-        await ChurnModelStore(client, stack.keys).publish(ChurnModels(CHURN_VERSION, model, None))
-    finally:
-        await client.aclose()
-
-
 async def test_status_shows_the_churn_model_and_its_age(
     make_stack: Callable[..., Awaitable[Stack]],
 ) -> None:
@@ -59,7 +38,7 @@ async def test_status_shows_the_churn_model_and_its_age(
     before = await asyncio.to_thread(shoppulse, stack, "status")
     assert before.returncode == 0, before.stdout + before.stderr
     assert "churn model" in before.stdout and "none yet" in before.stdout
-    await publish_churn_model(stack)
+    await publish_churn_model(stack, overdue_model(CHURN_VERSION))
     done = await asyncio.to_thread(shoppulse, stack, "status")
     assert done.returncode == 0, done.stdout + done.stderr
     row = next(line for line in done.stdout.splitlines() if "churn model" in line)

@@ -12,17 +12,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-import numpy as np
 import orjson
 import pytest
-import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 
-from models.churn import ChurnModel
 from shoppulse import localstack
-from stream.model_store import ChurnModels, ChurnModelStore
+from tests.churn_models import overdue_model
 from tests.integration.chromium import Browser, find_or_install_chromium
-from tests.integration.conftest import ARTIFACTS, REDIS_URL, Stack
+from tests.integration.conftest import ARTIFACTS, REDIS_URL, Stack, publish_churn_model
 
 pytestmark = pytest.mark.integration
 
@@ -94,7 +91,8 @@ async def web(broker: str) -> AsyncIterator[Web]:
     )
     assert trained.returncode == 0, trained.stdout + trained.stderr
     # Eight click-only users cannot train a churn model: publish one as `retrain` would.
-    await publish_churn_model(stack)
+    validated = {"rows": 120, "validation": {"roc_auc": 0.75}}
+    await publish_churn_model(stack, overdue_model(CHURN_VERSION, validated))
     running = Web(stack, port, len(events))
 
     async def healthy() -> bool | None:
@@ -110,25 +108,6 @@ async def web(broker: str) -> AsyncIterator[Web]:
 
 
 CHURN_VERSION = "churn-20240101T000000Z-abc123"
-
-
-async def publish_churn_model(stack: Stack) -> None:
-    model = ChurnModel(
-        version=CHURN_VERSION,
-        features=("overdue",),
-        mean=np.zeros(1),
-        scale=np.ones(1),
-        coef=np.ones(1),
-        intercept=-1.0,
-        horizon_days=90.0,
-        reference=np.zeros(1),
-        params={"rows": 120, "validation": {"roc_auc": 0.75}},
-    )
-    client = aioredis.Redis.from_url(stack.redis_url)
-    try:
-        await ChurnModelStore(client, stack.keys).publish(ChurnModels(CHURN_VERSION, model, None))
-    finally:
-        await client.aclose()
 
 
 async def metric_samples(web: Web) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

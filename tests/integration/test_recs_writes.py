@@ -4,21 +4,17 @@ over the list of a user a newer batch has changed."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
 import orjson
 import pytest
-from pydantic import SecretStr
 
 from models.serving import PublishedModel
-from shoppulse.settings import Settings
-from stream.keys import Keys, Topics
-from stream.model_store import ModelStore
+from stream.keys import Topics
 from stream.processor import Processor, RawEvent
-from stream.store import RedisStore, connect
+from tests.integration.conftest import processor_for
 
 pytestmark = pytest.mark.integration
 
@@ -28,18 +24,8 @@ ITEMS = ["A", "B", "C", "D"]
 
 @pytest.fixture
 async def processor(redis_url: str) -> AsyncIterator[Processor]:
-    """A Processor built as stream/app.py builds it, on a fresh namespace (removed after)."""
-    keys = Keys(f"rw{uuid.uuid4().hex[:10]}")
-    settings = Settings(namespace=keys.ns, redis_url=SecretStr(redis_url))
-    store = RedisStore(connect(redis_url), keys)
-    models = ModelStore(connect(redis_url, decode=False), keys)
-    try:
-        yield Processor(store, settings, models)
-    finally:
-        async for key in store.client.scan_iter(f"{keys.ns}:*", count=1000):
-            await store.client.delete(key)
-        await store.close()
-        await models.client.aclose()
+    async with processor_for(redis_url) as built:
+        yield built
 
 
 def clicks(processor: Processor, *events: tuple[str, str, int]) -> list[RawEvent]:

@@ -3,18 +3,14 @@ unless it is set; bought items are left out either way."""
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import orjson
 import pytest
-from pydantic import SecretStr
 
-from shoppulse.settings import Settings
-from stream.keys import Keys, Topics
-from stream.model_store import ModelStore
-from stream.processor import Processor, RawEvent
-from stream.store import RedisStore, connect
+from stream.keys import Topics
+from stream.processor import RawEvent
+from tests.integration.conftest import processor_for
 
 pytestmark = pytest.mark.integration
 
@@ -35,15 +31,8 @@ def event(topic: str, n: int, user: str, item: str, kind: str) -> RawEvent:
 async def test_seen_items_only_when_configured_bought_never(
     redis_url: str, recommend_seen: bool
 ) -> None:
-    keys = Keys(f"seen{uuid.uuid4().hex[:10]}")
-    settings = Settings(
-        namespace=keys.ns, redis_url=SecretStr(redis_url), recommend_seen=recommend_seen
-    )
-    topics = Topics(keys.ns)
-    store = RedisStore(connect(redis_url), keys)
-    models = ModelStore(connect(redis_url, decode=False), keys)
-    try:
-        processor = Processor(store, settings, models)
+    async with processor_for(redis_url, recommend_seen=recommend_seen) as processor:
+        topics = Topics(processor.settings.namespace)
         # Everybody views A, B and C: all three are popular and neighbours of each other.
         crowd = [
             event(topics.clicks, 10 * u + k, f"c{u}", item, "view")
@@ -61,8 +50,3 @@ async def test_seen_items_only_when_configured_bought_never(
         assert "C" in items
         assert "B" not in items  # bought
         assert ("A" in items) is recommend_seen
-    finally:
-        async for key in store.client.scan_iter(f"{keys.ns}:*", count=1000):
-            await store.client.delete(key)
-        await store.close()
-        await models.client.aclose()

@@ -8,22 +8,19 @@ from __future__ import annotations
 
 import math
 import random
-import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
 from typing import Any, cast
 
 import orjson
 import pytest
-from pydantic import SecretStr
 
 from models.decay import log_score_to_weight
 from shoppulse.settings import Settings
-from stream.keys import Keys, Topics
-from stream.model_store import ModelStore
+from stream.keys import Topics
 from stream.processor import Processor, RawEvent
-from stream.store import RedisStore, connect
+from stream.store import RedisStore
+from tests.integration.conftest import processor_for
 
 pytestmark = pytest.mark.integration
 
@@ -153,24 +150,6 @@ async def redis_state(store: RedisStore, settings: Settings) -> dict[str, Any]:
     stats = await client.hgetall(keys.stats())
     counts = {name: int(stats.get(name, 0)) for name in ("applied", "duplicates")}
     return {"values": flatten(state), "clock": clock, "stats": counts}
-
-
-@asynccontextmanager
-async def processor_for(redis_url: str, **caps: int) -> AsyncIterator[Processor]:
-    """A Processor built as stream/app.py builds it, on a fresh namespace (removed after)."""
-    keys = Keys(f"ref{uuid.uuid4().hex[:10]}")
-    settings = Settings(
-        namespace=keys.ns, redis_url=SecretStr(redis_url), similarity_shrinkage=2.0, **caps
-    )
-    store = RedisStore(connect(redis_url), keys)
-    models = ModelStore(connect(redis_url, decode=False), keys)
-    try:
-        yield Processor(store, settings, models)
-    finally:
-        async for key in store.client.scan_iter(f"{keys.ns}:*", count=1000):
-            await store.client.delete(key)
-        await store.close()
-        await models.client.aclose()
 
 
 @pytest.fixture

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 
-from models.churn import ChurnModel
 from models.churn_features import DAY, features_as_of
 from models.profile import Interaction, ItemDeltas, Order, OrderLine, UserRecord
 from shoppulse.settings import Settings
@@ -16,18 +14,10 @@ from stream.churn import BatchHistories, ChurnConfig, changes_history, history_o
 from stream.keys import Keys
 from stream.model_store import ChurnModels
 from stream.processor import profile_params
+from tests.churn_models import overdue_model
 
 # risk = sigmoid(log1p(overdue) - 1): one feature, rising with silence.
-MODEL = ChurnModel(
-    version="m1",
-    features=("overdue",),
-    mean=np.zeros(1),
-    scale=np.ones(1),
-    coef=np.ones(1),
-    intercept=-1.0,
-    horizon_days=90.0,
-    reference=np.zeros(1),
-)
+MODEL = overdue_model("m1")
 MODELS = ChurnModels("m1", MODEL, None)
 CONFIG = ChurnConfig.from_settings(Settings(churn_alert_threshold=0.5, churn_alert_margin=0.1))
 PARAMS = profile_params(Settings())
