@@ -17,9 +17,9 @@ DEFAULT_EVENT_WEIGHTS: dict[str, float] = {
     "purchase": 5.0,
 }
 # ALS leads where a model exists; the others rank for users and items it has not seen yet (each
-# source is rescaled to [0, 1] per user before weighting). Set by hand, not by the offline
-# tuning of workers/evaluate.py (which has no streaming item-kNN); popularity and category only
-# matter where ALS is silent.
+# source is rescaled to [0, 1] per user before weighting). From the validation folds of
+# workers/evaluate.py (the best blends without EASE; README, Accuracy): popularity and category
+# are kept small, for where ALS is silent (cold users, unseen items).
 DEFAULT_BLEND_WEIGHTS: dict[str, float] = {
     "als": 1.0,
     "itemknn": 0.25,
