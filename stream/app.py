@@ -112,12 +112,17 @@ def create_app(settings: Settings) -> faust.App:
         whose writer dies before that is sent again by whichever worker claims it."""
         if not alerts:
             return
-        sent = [
-            await churn_alerts.send(key=alert["user_id"].encode(), value=orjson.dumps(alert))
-            for alert in alerts
-        ]
-        await asyncio.gather(*sent)
-        await processor().store.confirm_alerts(alerts)
+        try:
+            sent = [
+                await churn_alerts.send(key=alert["user_id"].encode(), value=orjson.dumps(alert))
+                for alert in alerts
+            ]
+            await asyncio.gather(*sent)
+            await processor().store.confirm_alerts(alerts)
+        except Exception as exc:  # kept in the outbox, sent again after its lease
+            log.warning(
+                "%d churn alerts not confirmed (%r); the outbox resends them", len(alerts), exc
+            )
 
     @app.agent(user_events, name="user-events")
     async def process_user_events(stream: Any) -> None:
@@ -143,9 +148,11 @@ def create_app(settings: Settings) -> faust.App:
     async def send_unconfirmed_alerts() -> None:
         """Alerts that a crashed worker (or a retrain) wrote but never confirmed on Kafka."""
         try:
-            await publish_alerts(await processor().store.claim_due_alerts())
+            due = await processor().store.claim_due_alerts()
         except RETRYABLE as exc:  # Redis away: the next sweep tries again
             log.warning("alert outbox not swept (%s)", exc)
+            return
+        await publish_alerts(due)
 
     register_web(app, settings)
     return app
