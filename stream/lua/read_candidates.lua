@@ -21,26 +21,23 @@
 local p = cjson.decode(ARGV[1])
 local CHUNK = 1000 -- arguments per command, well inside Lua's stack
 
-local seen, candidates = {}, {}
-local function note(member)
-  if not seen[member] then
-    seen[member] = true
-    candidates[#candidates + 1] = member
+-- A list of distinct members, in the order first added, and the function that adds to it.
+local function distinct()
+  local seen, members = {}, {}
+  return members, function(member)
+    if not seen[member] then
+      seen[member] = true
+      members[#members + 1] = member
+    end
   end
 end
+local candidates, note = distinct() -- every candidate seen, for the out-of-stock check
+local norm_ids, name = distinct() -- every item whose norm the similarities need
 
 local function best(key, count)
   local flat = redis.call('ZRANGE', key, 0, count - 1, 'REV', 'WITHSCORES')
   for n = 1, #flat, 2 do note(flat[n]) end
   return flat
-end
-
-local named, norm_ids = {}, {}
-local function name(member)
-  if not named[member] then
-    named[member] = true
-    norm_ids[#norm_ids + 1] = member
-  end
 end
 
 local function chunked(command, key, ids, each)

@@ -126,6 +126,19 @@ class Stack:
         async with Publisher(self.broker) as publisher:
             await publisher.send_many(topic, messages)
 
+    async def cli(
+        self, *args: str, timeout: float = 180, **env: str
+    ) -> subprocess.CompletedProcess[str]:
+        """``shoppulse ARGS`` as a child process with the stack's settings (``env`` on top)."""
+        return await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "shoppulse", *args],
+            env={**self.env, **env},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
     async def json(self, key: str) -> Any:
         raw = await self.redis.get(key)
         return orjson.loads(raw) if raw is not None else None

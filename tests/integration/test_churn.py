@@ -7,8 +7,6 @@ comes back (their risk falls)."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -49,13 +47,6 @@ def history() -> list[dict[str, Any]]:
     return sorted(events, key=lambda e: e["ts"])
 
 
-async def retrain(stack: Stack) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "shoppulse", "retrain"]
-    return await asyncio.to_thread(
-        subprocess.run, command, env=stack.env, capture_output=True, text=True, timeout=180
-    )
-
-
 async def risk_of(stack: Stack, user: str) -> float | None:
     profile = await stack.json(stack.keys.profile(user))
     return None if profile is None else profile["churn_risk"]
@@ -70,7 +61,7 @@ async def test_silence_raises_risk_to_one_alert_and_a_return_lowers_it(
     await stack.wait_seen(len(events), timeout=60)
     assert await risk_of(stack, "steady") is None  # no model yet: no made-up risk
 
-    done = await retrain(stack)
+    done = await stack.cli("retrain")
     assert done.returncode == 0, done.stdout + done.stderr
     assert await stack.redis.get(stack.keys.current_model("churn")) is not None
     start = await risk_of(stack, "steady")

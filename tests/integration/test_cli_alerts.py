@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import subprocess
-import sys
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -36,15 +33,7 @@ async def test_alerts_command_prints_alerts_from_the_topic(
     ]
     assert await partitions_of(stack.broker, stack.topics.churn_alerts) == 1
     await stack.publish(stack.topics.churn_alerts, *alerts)
-    command = [sys.executable, "-m", "shoppulse", "alerts", "--from-beginning", "--limit", "2"]
-    done = await asyncio.to_thread(
-        subprocess.run,
-        command,
-        env={**stack.env, "COLUMNS": "200"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = await stack.cli("alerts", "--from-beginning", "--limit", "2", timeout=60, COLUMNS="200")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "shopper-0" in done.stdout and "reason number 0" in done.stdout
     assert "shopper-1" in done.stdout and "0.80" in done.stdout

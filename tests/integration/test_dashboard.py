@@ -4,9 +4,6 @@ events through a real broker into a real Redis; the dashboard driven in headless
 
 from __future__ import annotations
 
-import asyncio
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -81,14 +78,7 @@ async def web(broker: str) -> AsyncIterator[Web]:
     await stack.publish(stack.topics.clicks, b"{not json")
     await stack.wait_seen(len(events))
     # A published ALS version, for the model table, the evaluation chart and the model metrics.
-    trained = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "shoppulse", "retrain"],
-        env=stack.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    trained = await stack.cli("retrain", timeout=120)
     assert trained.returncode == 0, trained.stdout + trained.stderr
     # Eight click-only users cannot train a churn model: publish one as `retrain` would.
     validated = {"rows": 120, "validation": {"roc_auc": 0.75}}

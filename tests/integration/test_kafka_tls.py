@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import subprocess
-import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -136,14 +134,7 @@ async def test_worker_cli_and_clients_work_over_tls_and_plaintext_is_refused(
         lists = await first_documents(bootstrap, stack.topics.recommendations)  # over TLS
         assert lists and {d["user_id"] for d in lists} <= {"u0", "u1", "u2"}
 
-        status = await asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, "-m", "shoppulse", "status"],
-            env=stack.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        status = await stack.cli("status", timeout=60)
         assert status.returncode == 0, status.stdout + status.stderr
         assert "30" in status.stdout  # events applied, read through the TLS broker
 
