@@ -522,18 +522,7 @@ def child_process(
     try:
         yield process
     finally:
-        stop_process(process)
-
-
-def stop_process(process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    if process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+        localstack.stop_process(process)
 
 
 def _log_tail(path: Path, lines: int = 30) -> str:

@@ -268,14 +268,8 @@ class _ChildServer:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Ask the child to exit (SIGTERM), and kill it if it is still there after ``timeout``."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, timeout)
 
     def __enter__(self) -> Self:
         return self.start()
@@ -388,9 +382,17 @@ def worker_process(
     try:
         yield process
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout=30.0)
+
+
+def stop_process(process: subprocess.Popen[Any], timeout: float = 30.0) -> None:
+    """Ask a child to exit (SIGTERM); kill it if it is still there after ``timeout``, and reap
+    it either way."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

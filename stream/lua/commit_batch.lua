@@ -40,9 +40,13 @@ end
 local function write_scores(key, flat) -- flat: score, member, score, member, ...
   each_chunk(flat, 2, function(first, last) redis.call('ZADD', key, unpack(flat, first, last)) end)
 end
-local function trim(key, cap)
+local function trim(key, cap) -- drops the lowest members past cap; returns them
   local size = redis.call('ZCARD', key)
-  if size > cap then redis.call('ZREMRANGEBYRANK', key, 0, size - cap - 1) end
+  if size <= cap then return {} end
+  local dropped = {}
+  local popped = redis.call('ZPOPMIN', key, size - cap) -- member, score, ...
+  for n = 1, #popped, 2 do dropped[#dropped + 1] = popped[n] end
+  return dropped
 end
 
 local stale = {}
@@ -118,14 +122,10 @@ for _, entry in ipairs(p.cooc) do
   write_scores(sim_key, similarities)
   -- A pair whose count is dropped stops being a neighbour: readers compute similarities from
   -- the counts (read_candidates.lua), so a neighbour must never outlive its count.
-  local size = redis.call('ZCARD', cooc_key)
-  if size > p.cooc_cap then
-    local dropped = redis.call('ZRANGE', cooc_key, 0, size - p.cooc_cap - 1)
-    redis.call('ZREMRANGEBYRANK', cooc_key, 0, size - p.cooc_cap - 1)
-    each_chunk(dropped, 1, function(first, last)
-      redis.call('ZREM', sim_key, unpack(dropped, first, last))
-    end)
-  end
+  local dropped = trim(cooc_key, p.cooc_cap)
+  each_chunk(dropped, 1, function(first, last)
+    redis.call('ZREM', sim_key, unpack(dropped, first, last))
+  end)
   trim(sim_key, p.k)
 end
 

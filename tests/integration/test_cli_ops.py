@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from shoppulse import localstack
 from tests.churn_models import overdue_model
 from tests.integration.conftest import Stack, publish_churn_model
 
@@ -88,9 +89,4 @@ async def test_a_redis_error_is_one_line_and_every_tries_again(
         assert every.poll() is None
         assert "Traceback" not in seen
     finally:
-        every.terminate()
-        try:
-            every.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            every.kill()
-            every.wait()
+        localstack.stop_process(every)
