@@ -179,9 +179,13 @@ async def test_a_frozen_redis_delays_the_stream_but_loses_nothing(
         await stack.publish_fast(stack.topics.orders, events[200:])
         await asyncio.sleep(10)
         stack.assert_workers_alive()
-        # Faust commits every 2.8 s what its agents acked: nothing past what Redis stored
-        # before it froze (all 200), though 400 more were fetched meanwhile.
-        assert await committed(stack, stack.topics.orders) == 200
+        # Faust commits every 2.8 s what its agents acked, and an agent acks a batch only
+        # once every step of it is done: never past what Redis stored before it froze (200),
+        # though 400 more were fetched meanwhile. The last stored batch may be left unacked
+        # when Redis froze between its commit script and its recommendation writes; it is
+        # redelivered and deduplicated, which the totals below check.
+        done = await committed(stack, stack.topics.orders)
+        assert 200 - 50 <= done <= 200, f"{done} committed with 200 stored"
     finally:
         os.kill(private_redis.process.pid, signal.SIGCONT)
     await stack.until(lambda: _at_least(stack, len(events)), 120, "every order applied")
