@@ -140,33 +140,16 @@ def rank_batch(
     weights: Mapping[str, float],
     n: int,
     half_life: float,
+    unavailable: AbstractSet[str] = frozenset(),
 ) -> list[list[Recommendation]]:
     """Every user's :func:`blend` of ALS, :func:`itemknn_scores`, :func:`category_scores` and
-    popularity (:func:`log_scores_to_relative`), computed with array operations on a users x
-    candidates matrix instead of per-user dictionaries. Same definition, same ranking and
-    ties (by item id); item-kNN sums may differ in the last bits (summation order).
+    popularity (:func:`log_scores_to_relative`), computed with array operations over the
+    (user, candidate) cells the sources score instead of per-user dictionaries. Same
+    definition, same ranking and ties (by item id); item-kNN sums may differ in the last bits
+    (summation order).
 
-    ``category_items`` and ``popularity`` hold log forward-decayed scores, as stored. Users
-    go through in chunks so the matrices stay small whatever the batch."""
-    ranked: list[list[Recommendation]] = []
-    for start in range(0, len(users), _CHUNK_USERS):
-        chunk = users[start : start + _CHUNK_USERS]
-        ranked += _rank_chunk(chunk, neighbours, category_items, popularity, weights, n, half_life)
-    return ranked
-
-
-_CHUNK_USERS = 128
-
-
-def _rank_chunk(
-    users: Sequence[UserCandidates],
-    neighbours: Mapping[str, Sequence[tuple[str, float]]],
-    category_items: Mapping[str, Sequence[tuple[str, float]]],
-    popularity: Sequence[tuple[str, float]],
-    weights: Mapping[str, float],
-    n: int,
-    half_life: float,
-) -> list[list[Recommendation]]:
+    ``category_items`` and ``popularity`` hold log forward-decayed scores, as stored.
+    ``unavailable`` items (out of stock) are excluded for every user, like ``exclude``."""
     ids = _candidate_ids(users, neighbours, category_items, popularity)
     if not ids or n <= 0:
         return [[] for _ in users]
@@ -177,56 +160,76 @@ def _rank_chunk(
         "itemknn": lambda: _itemknn_scores(users, neighbours, index, half_life),
         "popularity": lambda: _popularity_scores(len(users), popularity, index),
     }
-    shape = (len(users), len(ids))
-    excluded = np.zeros(shape, dtype=bool)
-    excluded_rows, excluded_cols = _excluded_cells(users, index)
-    excluded[excluded_rows, excluded_cols] = True
-    totals = np.zeros(shape)
-    best_part = np.zeros(shape)
-    best_source = np.zeros(shape, dtype=np.int64)
-    names = sorted(builders)
-    for rank, name in enumerate(names):  # in name order: the order blend adds in
-        weight = weights.get(name, 0.0)
-        if weight <= 0.0:
-            continue
-        scores = builders[name]()
-        matrix = np.zeros(shape)
-        matrix[scores.users, scores.cols] = scores.values
-        matrix[excluded | (matrix < 0.0)] = 0.0
-        # Rescale by each user's best eligible item of this source, as blend does.
-        top = matrix.max(axis=1, keepdims=True)
-        part = np.divide(weight * matrix, top, out=np.zeros(shape), where=top > 0.0)
-        totals += part
-        better = part > best_part  # strictly: the first source by name keeps a tie
-        best_part[better] = part[better]
-        best_source[better] = rank
-    return [
-        _top_of_row(row_totals, row_sources, n, ids, names)
-        for row_totals, row_sources in zip(totals, best_source, strict=True)
-    ]
+    scored = {name: build() for name, build in builders.items() if weights.get(name, 0.0) > 0.0}
+    excluded = _excluded_cells(users, index, unavailable)
+    return blend_scored(scored, weights, excluded, len(users), n, ids)
 
 
-def _top_of_row(
-    totals: NDArray[np.float64],
-    sources: NDArray[np.int64],
+def blend_scored(
+    sources: Mapping[str, _Scores],
+    weights: Mapping[str, float],
+    excluded: tuple[NDArray[np.int64], NDArray[np.bool_]],
+    user_count: int,
     n: int,
     ids: Sequence[str],
-    names: Sequence[str],
-) -> list[Recommendation]:
-    """The ``n`` best candidates with a positive total, best first, ties by item id."""
-    if n < len(totals):
-        # Everything at least as good as the n-th best: ties at the cut are settled by id.
-        threshold = -np.partition(-totals, n - 1)[n - 1]
-        chosen = np.flatnonzero((totals >= threshold) & (totals > 0.0))
-    else:
-        chosen = np.flatnonzero(totals > 0.0)
-    order = chosen[np.lexsort((chosen, -totals[chosen]))][:n]
-    return [
-        Recommendation(ids[col], round(total, _SCORE_DIGITS), names[source])
-        for col, total, source in zip(
-            order.tolist(), totals[order].tolist(), sources[order].tolist(), strict=True
+) -> list[list[Recommendation]]:
+    """:func:`blend` for many users over sparse per-source scores: the seam more candidate
+    sources plug into by name. ``excluded`` is (sorted cell keys ``user * len(ids) + col``
+    never to recommend, per-column mask of items excluded for everyone)."""
+    width = len(ids)
+    excluded_keys, excluded_cols = excluded
+    keys_parts, part_parts, source_parts = [], [], []
+    names = sorted(sources)
+    for rank, name in enumerate(names):  # in name order: the order blend adds in
+        scores = sources[name]
+        keys = scores.users * width + scores.cols
+        eligible = (scores.values > 0.0) & ~excluded_cols[scores.cols]
+        if len(excluded_keys):
+            eligible &= ~np.isin(keys, excluded_keys, assume_unique=False)
+        rows, keys, values = scores.users[eligible], keys[eligible], scores.values[eligible]
+        if not len(keys):
+            continue
+        # Rescale by each user's best eligible item of this source, as blend does.
+        top = np.zeros(user_count)
+        np.maximum.at(top, rows, values)
+        keys_parts.append(keys)
+        part_parts.append(weights[name] * values / top[rows])
+        source_parts.append(np.full(len(keys), rank, dtype=np.int64))
+    if not keys_parts:
+        return [[] for _ in range(user_count)]
+    keys, parts = np.concatenate(keys_parts), np.concatenate(part_parts)
+    source = np.concatenate(source_parts)
+    cells, cell_of = np.unique(keys, return_inverse=True)
+    # bincount adds in input order, which is name order: the same floats as blend's sums.
+    totals = np.bincount(cell_of, weights=parts, minlength=len(cells))
+    # Each cell's source is the one with the largest part; a tie keeps the first by name.
+    by_part = np.lexsort((source, -parts, cell_of))
+    first = np.ones(len(by_part), dtype=bool)
+    first[1:] = cell_of[by_part][1:] != cell_of[by_part][:-1]
+    best_source = np.empty(len(cells), dtype=np.int64)
+    best_source[cell_of[by_part][first]] = source[by_part][first]
+    # Per user: the n best cells with a positive total, ties by item id (column order).
+    positive = totals > 0.0
+    cells, totals, best_source = cells[positive], totals[positive], best_source[positive]
+    rows, cols = cells // width, cells % width
+    order = np.lexsort((cols, -totals, rows))
+    rows, cols, totals, best_source = rows[order], cols[order], totals[order], best_source[order]
+    starts = np.searchsorted(rows, np.arange(user_count + 1))
+    ranked: list[list[Recommendation]] = []
+    for user in range(user_count):
+        start, stop = int(starts[user]), int(min(starts[user + 1], starts[user] + n))
+        ranked.append(
+            [
+                Recommendation(ids[col], round(total, _SCORE_DIGITS), names[source])
+                for col, total, source in zip(
+                    cols[start:stop].tolist(),
+                    totals[start:stop].tolist(),
+                    best_source[start:stop].tolist(),
+                    strict=True,
+                )
+            ]
         )
-    ]
+    return ranked
 
 
 def _candidate_ids(
@@ -250,11 +253,15 @@ def _candidate_ids(
 
 
 def _excluded_cells(
-    users: Sequence[UserCandidates], index: Mapping[str, int]
-) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-    rows = [row for row, user in enumerate(users) for i in user.exclude if i in index]
-    cols = [index[i] for user in users for i in user.exclude if i in index]
-    return _ints(rows), _ints(cols)
+    users: Sequence[UserCandidates], index: Mapping[str, int], unavailable: AbstractSet[str]
+) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
+    width = len(index)
+    keys = [
+        row * width + index[i] for row, user in enumerate(users) for i in user.exclude if i in index
+    ]
+    columns = np.zeros(width, dtype=bool)
+    columns[_ints([index[i] for i in unavailable if i in index])] = True
+    return np.unique(_ints(keys)), columns
 
 
 def _als_scores(users: Sequence[UserCandidates], index: Mapping[str, int]) -> _Scores:

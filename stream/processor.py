@@ -342,10 +342,12 @@ class Processor:
         ranked = rank_batch(
             [
                 UserCandidates(
-                    recent[r.user_id], favourites[r.user_id], als.get(r.user_id, {}), exclude
+                    recent[r.user_id],
+                    favourites[r.user_id],
+                    als.get(r.user_id, {}),
+                    self._excluded(r),
                 )
                 for r in records
-                for exclude in [self._excluded(r, inputs.out_of_stock)]
             ],
             inputs.neighbours,
             inputs.category_items,
@@ -353,13 +355,14 @@ class Processor:
             self.settings.blend_weights,
             self.settings.recs_count,
             half_life,
+            unavailable=inputs.out_of_stock,
         )
         return [self._document(r, items, clock) for r, items in zip(records, ranked, strict=True)]
 
-    def _excluded(self, record: UserRecord, out_of_stock: set[str]) -> set[str]:
-        """Never recommended to this user: bought, out of stock, and (unless configured)
-        recently seen."""
-        exclude = record.purchased() | out_of_stock
+    def _excluded(self, record: UserRecord) -> set[str]:
+        """Never recommended to this user: bought and (unless configured) recently seen. Out
+        of stock items are excluded for everyone (``rank_batch``'s ``unavailable``)."""
+        exclude = record.purchased()
         if not self.settings.recommend_seen:
             exclude |= {item for item, _, _ in record.recent_items()}
         return exclude
