@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 from pydantic_settings import SettingsError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -51,7 +52,9 @@ class Dataset(StrEnum):
 
 
 def fail(message: str) -> NoReturn:
-    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)  # one line, however long
+    """End the command with ``message`` (plain text, not markup: it may quote user input such
+    as ``[host]:port``) on one line."""
+    console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)  # however long
     raise typer.Exit(2)
 
 
@@ -121,16 +124,26 @@ def _safe_url(url: str) -> str:
 
 
 # -- worker ------------------------------------------------------------------------------------
+class LogLevel(StrEnum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+    critical = "critical"
+
+
 @cli.command()
 def worker(
-    loglevel: Annotated[str, typer.Option(help="Log level: debug, info, warning.")] = "info",
+    loglevel: Annotated[
+        LogLevel, typer.Option(case_sensitive=False, help="Log level (any case).")
+    ] = LogLevel.info,
 ) -> None:
     """Run the stream worker against the configured Kafka and Redis."""
     from stream.app import run_worker  # Faust is slow to import; only this command needs it
 
     settings = load_settings()
     require_services(settings)
-    run_worker(settings, loglevel)
+    run_worker(settings, loglevel.value)
 
 
 # -- retrain ------------------------------------------------------------------------------------

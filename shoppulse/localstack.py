@@ -28,11 +28,11 @@ import redis
 from aiokafka.admin import AIOKafkaAdminClient
 
 from shoppulse.errors import LocalStackError
+from shoppulse.settings import DEFAULT_KAFKA_PORT, bootstrap_servers
 
 T = TypeVar("T")
 
 LOCALHOST = "127.0.0.1"
-DEFAULT_KAFKA_PORT = 9092
 DEFAULT_REDIS_PORT = 6379
 _POLL_INTERVAL = 0.1
 _LOG_TAIL_LINES = 20
@@ -77,30 +77,12 @@ def tcp_reachable(host: str, port: int, timeout: float = 0.5) -> bool:
 
 
 def parse_bootstrap(bootstrap: str) -> tuple[str, int]:
-    """Host and port of the first server of a comma-separated list; the port defaults to 9092."""
-    first = bootstrap.split(",", 1)[0].strip()
-    if first.startswith("["):  # a bracketed IPv6 literal, e.g. [::1]:9092
-        host, _, rest = first[1:].partition("]")
-        port_text = rest.removeprefix(":")
-    elif first.count(":") > 1:  # a bare IPv6 literal cannot carry a port
-        host, port_text = first, ""
-    else:
-        host, _, port_text = first.partition(":")
-    if not host:
-        raise LocalStackError(f"bad Kafka bootstrap address {bootstrap!r}: no host")
-    return host, _parse_port(port_text, bootstrap)
-
-
-def _parse_port(text: str, bootstrap: str) -> int:
-    if not text:
-        return DEFAULT_KAFKA_PORT
+    """Host and port of the first server of a comma-separated list; the port defaults to 9092.
+    (Settings refuse a list that does not parse, so this fails only for other strings.)"""
     try:
-        port = int(text)
-    except ValueError:
-        raise LocalStackError(f"bad Kafka bootstrap address {bootstrap!r}: port") from None
-    if not 0 < port < 65536:
-        raise LocalStackError(f"bad Kafka bootstrap address {bootstrap!r}: port out of range")
-    return port
+        return bootstrap_servers(bootstrap)[0]
+    except ValueError as exc:
+        raise LocalStackError(f"bad Kafka bootstrap address {bootstrap!r}: {exc}") from None
 
 
 def redis_reachable(url: str, timeout: float = 1.0) -> bool:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from functools import lru_cache
 from typing import Literal
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -27,13 +29,88 @@ DEFAULT_BLEND_WEIGHTS: dict[str, float] = {
     "popularity": 0.02,
 }
 _NAMESPACE_RE = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+DEFAULT_KAFKA_PORT = 9092
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def bootstrap_servers(bootstrap: str) -> list[tuple[str, int]]:
+    """Host and port of each server of a comma-separated bootstrap list, as Kafka clients read
+    it: ``host``, ``host:port``, ``[ipv6]``, ``[ipv6]:port`` or a bare IPv6 address (no port);
+    the port defaults to 9092. Raises ValueError naming the server that does not parse."""
+    if not bootstrap.strip():
+        raise ValueError("no bootstrap server given (expected host:port, comma-separated)")
+    return [_bootstrap_server(server.strip()) for server in bootstrap.split(",")]
+
+
+def _bootstrap_server(server: str) -> tuple[str, int]:
+    if server.startswith("["):  # a bracketed IPv6 literal, e.g. [::1]:9092
+        host, bracket, rest = server[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(f"{server!r} is not host:port (e.g. [::1]:9092 for IPv6)")
+        port_text = rest.removeprefix(":")
+        if not port_text and rest:
+            raise ValueError(f"{server!r} has no port after ':'")
+    elif server.count(":") > 1:  # only a bare IPv6 literal, which cannot carry a port
+        host, port_text = server, ""
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(
+                f"{server!r} is not host:port (an IPv6 address with a port: e.g. [::1]:9092)"
+            ) from None
+    else:
+        host, colon, port_text = server.partition(":")
+        if colon and not port_text:
+            raise ValueError(f"{server!r} has no port after ':'")
+    if not host:
+        raise ValueError(f"{server!r} has no host" if server else "an empty server in the list")
+    if any(char.isspace() or char in "/@" for char in host):
+        raise ValueError(f"{server!r} is not host:port")
+    if not port_text:
+        return host, DEFAULT_KAFKA_PORT
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"{server!r}: the port must be a number from 1 to 65535")
+    return host, int(port_text)
+
+
+def redis_url_problem(url: str) -> str | None:
+    """Why ``url`` is not a Redis URL redis-py reads as meant (None if it is). The reason never
+    quotes the URL, which may hold a password."""
+    from redis.connection import parse_url  # redis-py's own reading of the URL
+
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if scheme not in REDIS_SCHEMES:
+        return "a Redis URL starts with redis://, rediss:// or unix://"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "the host or port does not parse (host:port, or e.g. [::1]:6379 for IPv6)"
+    try:
+        parse_url(url)  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+    except ValueError as exc:  # a query option of the wrong type, e.g. ?db=abc
+        return str(exc)
+    if scheme == "unix":
+        return None if parts.path else "a unix:// URL needs the socket's path"
+    if port == 0:  # redis-py would quietly use 6379
+        return "the port must be a number from 1 to 65535"
+    # redis-py quietly ignores a database that is not a number (so uses database 0), and
+    # reads /0/1 as database 1; ?db= takes precedence over the path.
+    database = unquote(parts.path).removeprefix("/")
+    if database and "db" not in parse_qs(parts.query) and not database.isdigit():
+        return f"the database (the path after host:port) must be a number, not {database!r}"
+    return None
 
 
 class Settings(BaseSettings):
     """Every setting ShopPulse reads, with its default. Frozen: read once, passed around."""
 
     model_config = SettingsConfigDict(
-        env_prefix="SHOPPULSE_", frozen=True, extra="ignore", env_parse_none_str="none"
+        env_prefix="SHOPPULSE_",
+        frozen=True,
+        extra="ignore",
+        env_parse_none_str="none",
+        hide_input_in_errors=True,  # a refused SHOPPULSE_REDIS_URL may hold a password
     )
 
     # Where things live.
@@ -170,6 +247,20 @@ class Settings(BaseSettings):
     def _namespace_is_safe(cls, value: str) -> str:
         if not _NAMESPACE_RE.match(value):
             raise ValueError("namespace must be 1-64 characters of letters, digits, '_' or '-'")
+        return value
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap_parses(cls, value: str) -> str:
+        bootstrap_servers(value)  # raises ValueError naming the server that does not parse
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_parses(cls, value: SecretStr) -> SecretStr:
+        problem = redis_url_problem(value.get_secret_value())
+        if problem is not None:
+            raise ValueError(f"bad Redis URL: {problem}")
         return value
 
     @field_validator("event_weights", "blend_weights")

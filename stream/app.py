@@ -21,7 +21,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shoppulse.settings import Settings
 from stream.keys import Keys, Topics
-from stream.metrics import METRICS, timed_batch
+from stream.metrics import METRICS, Metrics, timed_batch
 from stream.model_store import ModelStore
 from stream.processor import BatchOutcome, Processor, RawEvent, dead_letter
 from stream.store import RedisStore, connect
@@ -78,6 +78,30 @@ async def isolate_failures(
     return total
 
 
+async def send_alerts(
+    alerts: Sequence[dict[str, Any]],
+    send: Callable[[dict[str, Any]], Awaitable[Awaitable[Any]]],
+    confirm: Callable[[Sequence[dict[str, Any]]], Awaitable[None]],
+    metrics: Metrics = METRICS,
+) -> bool:
+    """Send alerts (``send`` returns a future of the broker's ack), wait for the acks, take
+    them out of the outbox (``confirm``) and count them; False if any step failed. An alert
+    whose writer dies before that is sent again by whichever worker claims it, and counted
+    then: every path that emits alerts (batches, background re-scoring, the outbox sweep)
+    comes through here, so each confirmed alert is counted once."""
+    if not alerts:
+        return True
+    try:
+        sent = [await send(alert) for alert in alerts]
+        await asyncio.gather(*sent)
+        await confirm(alerts)
+    except Exception as exc:  # kept in the outbox, sent again after its lease
+        log.warning("%d churn alerts not confirmed (%r); the outbox resends them", len(alerts), exc)
+        return False
+    metrics.alerts_sent(len(alerts))
+    return True
+
+
 def create_app(settings: Settings) -> faust.App:
     """Build the Faust app for one namespace (the app id, and so the consumer group)."""
     topics = Topics(settings.namespace)
@@ -107,22 +131,14 @@ def create_app(settings: Settings) -> faust.App:
             await deadletters.send(value=orjson.dumps(document))
         await publish_alerts(outcome.alerts)
 
+    async def send_alert(alert: dict[str, Any]) -> Awaitable[Any]:
+        return await churn_alerts.send(key=alert["user_id"].encode(), value=orjson.dumps(alert))
+
+    async def confirm_alerts(alerts: Sequence[dict[str, Any]]) -> None:
+        await processor().store.confirm_alerts(alerts)
+
     async def publish_alerts(alerts: list[dict[str, Any]]) -> None:
-        """Send alerts, wait for the broker's acks, then take them out of the outbox: an alert
-        whose writer dies before that is sent again by whichever worker claims it."""
-        if not alerts:
-            return
-        try:
-            sent = [
-                await churn_alerts.send(key=alert["user_id"].encode(), value=orjson.dumps(alert))
-                for alert in alerts
-            ]
-            await asyncio.gather(*sent)
-            await processor().store.confirm_alerts(alerts)
-        except Exception as exc:  # kept in the outbox, sent again after its lease
-            log.warning(
-                "%d churn alerts not confirmed (%r); the outbox resends them", len(alerts), exc
-            )
+        await send_alerts(alerts, send_alert, confirm_alerts)
 
     @app.agent(user_events, name="user-events")
     async def process_user_events(stream: Any) -> None:

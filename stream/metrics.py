@@ -132,7 +132,10 @@ class Metrics:
             registry=r,
         )
         self.alerts = Counter(
-            "shoppulse_alerts_emitted", "Churn alerts emitted.", ["kind"], registry=r
+            "shoppulse_alerts_emitted",
+            "Churn alerts emitted: on Kafka (acknowledged) and taken out of the outbox.",
+            ["kind"],
+            registry=r,
         )
         self.model_info = Gauge(
             "shoppulse_model_info",
@@ -208,9 +211,7 @@ class Metrics:
             reason = reason_class(str(document.get("reason", "")))
             self.dead_letters.labels(str(document.get("source_topic", "")), reason).inc()
         self.refreshes.inc(len(outcome.recommendations))
-        alerts = getattr(outcome, "alerts", None) or []
-        if alerts:
-            self.alerts.labels("churn").inc(len(alerts))
+        # A batch's alerts are not counted here: they count once sent (alerts_sent).
         if timestamps:
             self._latency(outcome.recommendations, timestamps, time.time() if now is None else now)
 
@@ -225,6 +226,12 @@ class Metrics:
         for document in recommendations:
             for ts in stored.get(str(document.get("user_id")), ()):
                 self.click_to_recs.observe(max(0.0, written - ts))
+
+    def alerts_sent(self, count: int, kind: str = "churn") -> None:
+        """Alerts the broker acknowledged and the outbox let go of: whether a batch, the
+        background re-scoring or the outbox sweep produced them, each is counted here once."""
+        if count:
+            self.alerts.labels(kind).inc(count)
 
     def redis_failure(self, exc: BaseException, retried: bool = True) -> None:
         self.redis_errors.labels(type(exc).__name__).inc()

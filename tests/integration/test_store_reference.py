@@ -59,37 +59,53 @@ def event_stream(seed: int = 11) -> list[dict[str, Any]]:
     return [*events, {**order, "event_id": "e-again"}]
 
 
-def reference(events: list[dict[str, Any]], settings: Settings) -> dict[str, Any]:
-    """Replay per user in delivery order, deduping event ids; then apply the definitions."""
-    weights, cap = settings.event_weights, settings.interaction_cap
-    seen: dict[str, set[str]] = defaultdict(set)
-    placed: dict[str, set[str]] = defaultdict(set)
-    r: dict[str, dict[str, float]] = defaultdict(dict)
-    observations: list[tuple[str, float, float]] = []
-    for e in events:
+class Interactions:
+    """r(u,i) replayed per user in delivery order, deduping event ids."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.weights, self.cap = settings.event_weights, settings.interaction_cap
+        self.seen: dict[str, set[str]] = defaultdict(set)
+        self.placed: dict[str, set[str]] = defaultdict(set)
+        self.r: dict[str, dict[str, float]] = defaultdict(dict)
+        self.observations: list[tuple[str, float, float]] = []
+
+    def add(self, e: dict[str, Any]) -> None:
         user = e["user_id"]
-        if e["event_id"] in seen[user]:
-            continue
-        seen[user].add(e["event_id"])
+        if e["event_id"] in self.seen[user]:
+            return
+        self.seen[user].add(e["event_id"])
         if "order_id" not in e:
-            touched = [(e["item_id"], weights[e["type"]])]
-        elif e["order_id"] in placed[user]:
-            continue  # applied, but a placed order counts once
+            touched = [(e["item_id"], self.weights[e["type"]])]
+        elif e["order_id"] in self.placed[user]:
+            return  # applied, but a placed order counts once
         else:
-            placed[user].add(e["order_id"])
-            touched = [(line["item_id"], weights["purchase"]) for line in e["items"]]
+            self.placed[user].add(e["order_id"])
+            touched = [(line["item_id"], self.weights["purchase"]) for line in e["items"]]
         for item, weight in touched:
             if weight > 0:
-                r[user][item] = min(r[user].get(item, 0.0) + weight, cap)
-                observations.append((item, weight, e["ts"]))
-    cooc: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-    norms: dict[str, float] = defaultdict(float)
-    for items in r.values():
-        for i, ri in items.items():
-            norms[i] += ri * ri
-            for j, rj in items.items():
-                if j != i:
-                    cooc[i][j] += ri * rj
+                self.r[user][item] = min(self.r[user].get(item, 0.0) + weight, self.cap)
+                self.observations.append((item, weight, e["ts"]))
+
+    def counts(self) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+        """C(i,j) and N(i) of the weights as they are now."""
+        cooc: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+        norms: dict[str, float] = defaultdict(float)
+        for items in self.r.values():
+            for i, ri in items.items():
+                norms[i] += ri * ri
+                for j, rj in items.items():
+                    if j != i:
+                        cooc[i][j] += ri * rj
+        return cooc, norms
+
+
+def reference(events: list[dict[str, Any]], settings: Settings) -> dict[str, Any]:
+    """Replay per user in delivery order, deduping event ids; then apply the definitions."""
+    replay = Interactions(settings)
+    for e in events:
+        replay.add(e)
+    seen, observations = replay.seen, replay.observations
+    cooc, norms = replay.counts()
     s = settings.similarity_shrinkage
     sim = {
         i: {j: c / math.sqrt(norms[i] * norms[j]) * c / (c + s) for j, c in row.items()}
@@ -161,7 +177,40 @@ async def processor(redis_url: str) -> AsyncIterator[Processor]:
         yield built
 
 
-async def deliver(processor: Processor, events: list[dict[str, Any]]) -> None:
+def kept_neighbours(
+    events: list[dict[str, Any]], settings: Settings, batch_sizes: list[int]
+) -> dict[str, dict[str, float]]:
+    """Each item's top-K neighbours as commit_batch.lua defines them, from the events and the
+    batch boundaries alone: after each batch, every pair whose count grew in it is ranked by
+    C(i,j)/sqrt(N(j)) * C/(C + shrinkage), C and N as they are after that batch; i then keeps
+    its K best (ties: the lower id goes first, as ZPOPMIN takes it). A pair's rank stays as of
+    its last change, so a neighbour dropped once comes back only when its count grows again:
+    the K kept are the best of those ranked at each step, not of every pair's final score.
+    (Counts and norms are sums of products of small integers, so exact in doubles on both
+    sides: the ranks below are the same floats the script computes.)"""
+    replay, k, s = Interactions(settings), settings.neighbours_k, settings.similarity_shrinkage
+    before: dict[str, dict[str, float]] = {}
+    kept: dict[str, dict[str, float]] = defaultdict(dict)
+    start = 0
+    for size in [*batch_sizes, len(events)]:  # as deliver() cuts them: the rest last
+        for e in events[start : start + size]:
+            replay.add(e)
+        start += size
+        cooc, norms = replay.counts()
+        for i, row in cooc.items():
+            for j, c in row.items():
+                if c > before.get(i, {}).get(j, 0.0):
+                    kept[i][j] = c / math.sqrt(norms[j]) * c / (c + s)
+        before = {i: dict(row) for i, row in cooc.items()}
+        for row in kept.values():
+            for j, _ in sorted(row.items(), key=lambda kv: (kv[1], kv[0]))[: max(0, len(row) - k)]:
+                del row[j]
+    return dict(kept)
+
+
+async def deliver(
+    processor: Processor, events: list[dict[str, Any]], batch_sizes: list[int] = BATCH_SIZES
+) -> None:
     """The catalog first, then the events in batches of different sizes."""
     topics = Topics(processor.settings.namespace)
     catalog = [
@@ -176,7 +225,7 @@ async def deliver(processor: Processor, events: list[dict[str, Any]]) -> None:
         for topic in [topics.orders if "order_id" in e else topics.clicks]
     ]
     start = 0
-    for size in [*BATCH_SIZES, len(raw)]:
+    for size in [*batch_sizes, len(raw)]:
         outcome = await processor.process_user_events(raw[start : start + size])
         assert not outcome.dead_letters
         start += size
@@ -231,3 +280,34 @@ async def test_capped_state_keeps_no_neighbour_without_its_count(redis_url: str)
             assert neighbours <= counts, item
             trimmed += len(counts) == 6
         assert trimmed > 10  # the caps were reached, so trimming was exercised
+
+
+@pytest.mark.parametrize("batch_sizes", [[], BATCH_SIZES], ids=["one batch", "batches"])
+async def test_each_item_keeps_its_k_best_neighbours(
+    redis_url: str, batch_sizes: list[int]
+) -> None:
+    """The trim keeps the K best by the script's rank, recomputed here from the events: in one
+    batch every pair is ranked on the final counts, so the K kept are the K best of all pairs;
+    over many batches, by the ranks frozen at each pair's last change (see kept_neighbours).
+    The co-occurrence cap is out of reach, so only the top-K trim removes neighbours."""
+    k, events = 4, event_stream()
+    async with processor_for(redis_url, cooc_cap=1000, neighbours_k=k, cooc_window=1000) as small:
+        await deliver(small, events, batch_sizes)
+        keys, client, settings = small.store.keys, small.store.client, small.settings
+        kept: dict[str, dict[str, float]] = {}
+        for item in ITEMS:
+            pairs = cast(Pairs, await client.zrange(keys.neighbours(item), 0, -1, withscores=True))
+            kept[item] = dict(pairs)
+    expected = kept_neighbours(events, settings, batch_sizes)
+    final = Interactions(settings)
+    for e in events:
+        final.add(e)
+    counts, norms = final.counts()
+    s = settings.similarity_shrinkage
+    assert sum(len(counts[item]) > k for item in ITEMS) > 20  # the trim had work to do
+    for item in ITEMS:
+        assert kept[item] == pytest.approx(expected.get(item, {}), rel=1e-12), item
+        assert len(kept[item]) == min(k, len(counts[item])), item
+        if not batch_sizes:  # fresh ranks: the K best of every pair by the final C and N
+            ranks = {j: c / math.sqrt(norms[j]) * c / (c + s) for j, c in counts[item].items()}
+            assert set(kept[item]) == set(sorted(ranks, key=lambda j: (ranks[j], j))[-k:]), item

@@ -4,11 +4,12 @@ traceback (no broker or Redis needed: these are the failure paths)."""
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 from typer.testing import CliRunner, Result
 
 from shoppulse.cli import cli
 from shoppulse.localstack import free_port
-from shoppulse.settings import get_settings
+from shoppulse.settings import Settings, get_settings
 
 runner = CliRunner()
 
@@ -183,6 +184,17 @@ def one_line_error(result: Result) -> str:
             "0.9",
             "SHOPPULSE_CHURN_ALERT_MARGIN must be below SHOPPULSE_CHURN_ALERT_THRESHOLD",
         ),
+        (
+            "SHOPPULSE_KAFKA_BOOTSTRAP",
+            "localhost:abc",
+            "SHOPPULSE_KAFKA_BOOTSTRAP: 'localhost:abc': the port must be a number",
+        ),
+        (
+            "SHOPPULSE_REDIS_URL",
+            "redis://127.0.0.1:6379/abc",
+            "SHOPPULSE_REDIS_URL: bad Redis URL: the database (the path after host:port) "
+            "must be a number, not 'abc'",
+        ),
     ],
 )
 def test_a_bad_setting_is_one_line_naming_the_variable(
@@ -225,9 +237,108 @@ def test_a_bad_redis_url_is_one_line_without_the_password(
 def test_status_says_why_redis_is_unusable_without_the_password(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # A URL that does not parse is a bad setting (one line, exit 2), as for every command.
     monkeypatch.setenv("SHOPPULSE_REDIS_URL", "redis://:s3cret@h:abc/0")
     monkeypatch.setenv("SHOPPULSE_KAFKA_BOOTSTRAP", f"127.0.0.1:{free_port()}")
-    result = runner.invoke(cli, ["status"], terminal_width=200)
-    assert isinstance(result.exception, SystemExit) and result.exit_code == 1
-    assert "bad Redis URL" in result.output
-    assert "s3cret" not in result.output
+    line = one_line_error(runner.invoke(cli, ["status"], terminal_width=200))
+    assert line.startswith("error: bad configuration: SHOPPULSE_REDIS_URL: bad Redis URL")
+    assert "s3cret" not in line
+
+
+@pytest.mark.parametrize(
+    "bootstrap",
+    ["localhost:9092", "a:1, b:2", "kafka", "[::1]:9092", "[::1]", "::1", "broker-0.svc:9093"],
+)
+def test_bootstrap_lists_kafka_clients_accept_are_accepted(bootstrap: str) -> None:
+    assert Settings(kafka_bootstrap=bootstrap).kafka_bootstrap == bootstrap
+
+
+@pytest.mark.parametrize(
+    ("bootstrap", "problem"),
+    [
+        ("localhost:abc", "'localhost:abc': the port must be a number from 1 to 65535"),
+        ("a:1,b:x", "'b:x': the port"),
+        ("a:0", "the port must be a number from 1 to 65535"),
+        ("a:65536", "the port must be a number from 1 to 65535"),
+        ("a:", "'a:' has no port"),
+        (":9092", "':9092' has no host"),
+        ("a:1,", "an empty server in the list"),
+        ("  ", "no bootstrap server given"),
+        ("kafka://a:9092", "'kafka://a:9092' is not host:port"),
+        ("a:b:9092", "'a:b:9092' is not host:port"),
+        ("[::1]9092", "'[::1]9092' is not host:port"),
+    ],
+)
+def test_a_bootstrap_list_that_does_not_parse_is_refused(bootstrap: str, problem: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        Settings(kafka_bootstrap=bootstrap)
+    (error,) = caught.value.errors()
+    assert error["loc"] == ("kafka_bootstrap",)
+    assert problem in error["msg"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://localhost:6379/0",
+        "redis://h",
+        "redis://h/",
+        "redis://shop:pw@h:6379/15",
+        "redis://h/abc?db=2",  # ?db= wins over the path, as in redis-py
+        "rediss://shop:pw@h:6380/0?ssl_ca_certs=/ca.pem",
+        "unix:///run/redis.sock?db=1",
+        "redis://[::1]:6379/0",
+    ],
+)
+def test_redis_urls_redis_py_reads_as_meant_are_accepted(url: str) -> None:
+    assert Settings(redis_url=url).redis_dsn == url
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("redis://127.0.0.1:6379/abc", "the database (the path after host:port) must be a number"),
+        ("redis://h:6379/-1", "must be a number, not '-1'"),
+        ("redis://h:6379/0/1", "must be a number, not '0/1'"),
+        ("redis://h:6379/0?db=x", "Invalid value for 'db'"),
+        ("redis://:s3cret@h:abc/0", "the host or port does not parse"),
+        ("redis://h:0/0", "the port must be a number from 1 to 65535"),
+        ("redis://[::1/0", "the host or port does not parse"),
+        ("http://h:6379/0", "starts with redis://, rediss:// or unix://"),
+        ("unix://", "needs the socket's path"),
+    ],
+)
+def test_a_redis_url_redis_py_would_misread_is_refused(url: str, problem: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        Settings(redis_url=url)
+    (error,) = caught.value.errors()
+    assert error["loc"] == ("redis_url",)
+    assert error["msg"].startswith("Value error, bad Redis URL: ")
+    assert problem in error["msg"]
+    assert "s3cret" not in str(caught.value)  # nor is the input shown in the error's text
+
+
+def test_local_services_reads_the_bootstrap_the_settings_accepted() -> None:
+    from shoppulse.errors import LocalStackError
+    from shoppulse.localstack import parse_bootstrap
+
+    assert parse_bootstrap("[::1]:19092,b:1") == ("::1", 19092)
+    assert parse_bootstrap("localhost") == ("localhost", 9092)
+    with pytest.raises(LocalStackError, match="bad Kafka bootstrap address 'h:abc'"):
+        parse_bootstrap("h:abc")
+
+
+def test_an_unknown_log_level_is_a_usage_error() -> None:
+    result = runner.invoke(cli, ["worker", "--loglevel", "bogus"])
+    assert result.exit_code == 2
+    assert isinstance(result.exception, SystemExit)
+    assert "Invalid value for '--loglevel'" in result.output
+    assert "'bogus' is not one of" in result.output
+
+
+@pytest.mark.parametrize("level", ["warning", "WARNING", "Debug"])
+def test_log_levels_are_accepted_in_any_case(monkeypatch: pytest.MonkeyPatch, level: str) -> None:
+    # Past the option parsing, the worker checks its services: an unreachable Redis ends it.
+    monkeypatch.setenv("SHOPPULSE_REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
+    line = one_line_error(runner.invoke(cli, ["worker", "--loglevel", level]))
+    assert "Redis is not reachable" in line

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -81,7 +83,8 @@ def test_a_batch_is_recorded_in_every_series() -> None:
         value("shoppulse_events_dead_lettered_total", topic="ns.clicks", reason="invalid_json") == 1
     )
     assert value("shoppulse_recommendation_refreshes_total") == 2
-    assert value("shoppulse_alerts_emitted_total", kind="churn") == 1
+    # A batch's alerts count when they are sent (send_alerts), not with the batch.
+    assert value("shoppulse_alerts_emitted_total", kind="churn") == 0
     assert value("shoppulse_batch_duration_seconds_count", agent="user-events") == 1
     # u1's two events got recommendations (2 s and 1 s after their broker timestamps); u3 none.
     assert value("shoppulse_click_to_recommendation_seconds_count") == 2
@@ -137,3 +140,63 @@ def test_latency_matches_raw_message_keys_to_pseudonymised_recommendations() -> 
     found = samples(metrics)
     assert found[("shoppulse_click_to_recommendation_seconds_count", frozenset())] == 2
     assert found[("shoppulse_click_to_recommendation_seconds_sum", frozenset())] == 5.0
+
+
+class AlertSink:
+    """What send_alerts talks to: a topic whose sends resolve to an ack (or fail), and an
+    outbox that confirms (or fails to)."""
+
+    def __init__(self, ack_fails: bool = False, confirm_fails: bool = False) -> None:
+        self.ack_fails = ack_fails
+        self.confirm_fails = confirm_fails
+        self.sent: list[str] = []
+        self.confirmed: list[str] = []
+
+    async def send(self, alert: dict[str, Any]) -> asyncio.Future[None]:
+        self.sent.append(alert["alert_id"])
+        ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.ack_fails:
+            ack.set_exception(RuntimeError("broker did not acknowledge"))
+        else:
+            ack.set_result(None)
+        return ack
+
+    async def confirm(self, alerts: Sequence[dict[str, Any]]) -> None:
+        if self.confirm_fails:
+            raise ConnectionError("Redis went away")
+        self.confirmed += [alert["alert_id"] for alert in alerts]
+
+
+def alerts_counted(metrics: Metrics) -> float:
+    return samples(metrics).get(
+        ("shoppulse_alerts_emitted_total", frozenset({("kind", "churn")})), 0.0
+    )
+
+
+async def test_alerts_are_counted_once_when_acknowledged_and_confirmed() -> None:
+    from stream.app import send_alerts
+
+    metrics = Metrics()
+    alerts = [{"alert_id": "a1", "user_id": "u1"}, {"alert_id": "a2", "user_id": "u2"}]
+    sink = AlertSink()
+    assert await send_alerts(alerts, sink.send, sink.confirm, metrics)
+    assert sink.confirmed == ["a1", "a2"]
+    assert alerts_counted(metrics) == 2
+    assert await send_alerts([], sink.send, sink.confirm, metrics)  # a quiet timer tick
+    assert alerts_counted(metrics) == 2
+
+
+async def test_alerts_that_fail_are_counted_when_the_outbox_sends_them_again() -> None:
+    from stream.app import send_alerts
+
+    metrics = Metrics()
+    alerts = [{"alert_id": "a1", "user_id": "u1"}]
+    unacked = AlertSink(ack_fails=True)
+    assert not await send_alerts(alerts, unacked.send, unacked.confirm, metrics)
+    assert unacked.sent == ["a1"] and unacked.confirmed == []
+    unconfirmed = AlertSink(confirm_fails=True)  # on Kafka, but still in the outbox
+    assert not await send_alerts(alerts, unconfirmed.send, unconfirmed.confirm, metrics)
+    assert alerts_counted(metrics) == 0
+    sweep = AlertSink()  # the outbox sweep claims it and sends it once more
+    assert await send_alerts(alerts, sweep.send, sweep.confirm, metrics)
+    assert alerts_counted(metrics) == 1
