@@ -19,6 +19,10 @@
 -- every write happens, including each user's seen-event ids: dedupe and update are one step.
 
 local p = cjson.decode(ARGV[1])
+-- Exact decimal text of a double, for arguments Redis parses as long double (HINCRBYFLOAT) or
+-- stores as text. Sorted-set scores are passed as Lua numbers: Redis formats a number argument
+-- itself (%.17g, or shortest round trip from 7.2), which parses back to the same double and
+-- costs far less than string.format in the per-pair loops.
 local function num(x) return string.format('%.17g', x) end
 local CHUNK = 1000 -- members per command, well inside Lua's stack
 
@@ -110,11 +114,11 @@ for _, entry in ipairs(p.cooc) do
   local counts, similarities = {}, {}
   for n, pair in ipairs(entry[2]) do
     local count = (stored[n] or 0) + pair[2]
-    counts[#counts + 1] = num(count)
+    counts[#counts + 1] = count
     counts[#counts + 1] = pair[1]
     local norm = norms[pair[1]]
     if norm > 0 and count > 0 then
-      similarities[#similarities + 1] = num(count / math.sqrt(norm) * count / (count + p.shrinkage))
+      similarities[#similarities + 1] = count / math.sqrt(norm) * count / (count + p.shrinkage)
       similarities[#similarities + 1] = pair[1]
     end
   end
@@ -140,7 +144,7 @@ for _, entry in ipairs(p.pop) do
       local high, low = math.max(current, score), math.min(current, score)
       score = high + math.log(1 + math.exp(low - high))
     end
-    scores[#scores + 1] = num(score)
+    scores[#scores + 1] = score
     scores[#scores + 1] = e[1]
   end
   write_scores(entry[1], scores)
