@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
@@ -28,6 +28,54 @@ class Recommendation:
     item_id: str
     score: float
     source: str
+
+
+class Neighbours(Mapping[str, Sequence[tuple[str, float]]]):
+    """Items' neighbours with their similarities, as flat arrays: item ``sources[k]`` has
+    ``others[starts[k]:starts[k + 1]]`` with ``similarities`` at the same positions. Reads
+    as a mapping ``item -> [(neighbour, similarity)]``; :func:`rank_batch` uses the arrays as
+    they are (one CSR matrix, no per-pair Python objects)."""
+
+    def __init__(
+        self,
+        sources: Sequence[str],
+        starts: NDArray[np.int64],
+        others: Sequence[str],
+        similarities: NDArray[np.float64],
+    ) -> None:
+        self.sources = list(sources)
+        self.starts = starts
+        self.others = list(others)
+        self.similarities = similarities
+        self.position = {item_id: k for k, item_id in enumerate(self.sources)}
+
+    @classmethod
+    def of(cls, pairs: Mapping[str, Sequence[tuple[str, float]]]) -> Neighbours:
+        if isinstance(pairs, Neighbours):
+            return pairs
+        sources = list(pairs)
+        lengths = [len(pairs[item_id]) for item_id in sources]
+        starts = np.zeros(len(sources) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=starts[1:])
+        others = [other for item_id in sources for other, _ in pairs[item_id]]
+        values = [value for item_id in sources for _, value in pairs[item_id]]
+        return cls(sources, starts, others, np.asarray(values, dtype=np.float64))
+
+    def __getitem__(self, item_id: str) -> list[tuple[str, float]]:
+        k = self.position[item_id]
+        start, stop = int(self.starts[k]), int(self.starts[k + 1])
+        return list(
+            zip(self.others[start:stop], self.similarities[start:stop].tolist(), strict=True)
+        )
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.sources)
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self.position
 
 
 def itemknn_scores(
@@ -150,6 +198,7 @@ def rank_batch(
 
     ``category_items`` and ``popularity`` hold log forward-decayed scores, as stored.
     ``unavailable`` items (out of stock) are excluded for every user, like ``exclude``."""
+    neighbours = Neighbours.of(neighbours)
     ids = _candidate_ids(users, neighbours, category_items, popularity)
     if not ids or n <= 0:
         return [[] for _ in users]
@@ -234,7 +283,7 @@ def blend_scored(
 
 def _candidate_ids(
     users: Sequence[UserCandidates],
-    neighbours: Mapping[str, Sequence[tuple[str, float]]],
+    neighbours: Neighbours,
     category_items: Mapping[str, Sequence[tuple[str, float]]],
     popularity: Sequence[tuple[str, float]],
 ) -> list[str]:
@@ -245,8 +294,8 @@ def _candidate_ids(
         ids.update(user.als)
         sources.update(item_id for item_id, _, _ in user.recent)
         categories.update(category for category, _ in user.favourites)
-    for item_id in sources:
-        ids.update(other for other, _ in neighbours.get(item_id, ()))
+    for k in sorted(neighbours.position[i] for i in sources if i in neighbours):
+        ids.update(neighbours.others[neighbours.starts[k] : neighbours.starts[k + 1]])
     for category in categories:
         ids.update(item_id for item_id, _ in category_items.get(category, ()))
     return sorted(ids)
@@ -273,30 +322,41 @@ def _als_scores(users: Sequence[UserCandidates], index: Mapping[str, int]) -> _S
 
 def _itemknn_scores(
     users: Sequence[UserCandidates],
-    neighbours: Mapping[str, Sequence[tuple[str, float]]],
+    neighbours: Neighbours,
     index: Mapping[str, int],
     half_life: float,
 ) -> _Scores:
     """Votes (users x source items) times similarities (source items x candidates)."""
-    sources = sorted({i for user in users for i, _, _ in user.recent if i in neighbours})
-    if not sources:
-        return _Scores(_ints([]), _ints([]), np.zeros(0))
-    source_index = {item_id: k for k, item_id in enumerate(sources)}
-    sim_rows = [k for k, item_id in enumerate(sources) for _ in neighbours[item_id]]
-    sim_cols = [index[other] for item_id in sources for other, _ in neighbours[item_id]]
-    sims = [similarity for item_id in sources for _, similarity in neighbours[item_id]]
-    similarity = sp.csr_matrix((sims, (sim_rows, sim_cols)), shape=(len(sources), len(index)))
+    position = neighbours.position
     vote_rows, vote_cols, votes = [], [], []
     for row, user in enumerate(users):
         if not user.recent:
             continue
         latest = max(ts for _, _, ts in user.recent)
         for item_id, weight, ts in user.recent:
-            if item_id in source_index:
+            if item_id in position:
                 vote_rows.append(row)
-                vote_cols.append(source_index[item_id])
+                vote_cols.append(position[item_id])
                 votes.append(weight * decay_factor(latest - ts, half_life))
-    vote_matrix = sp.csr_matrix((votes, (vote_rows, vote_cols)), shape=(len(users), len(sources)))
+    if not votes:
+        return _Scores(_ints([]), _ints([]), np.zeros(0))
+    # Only the rows of sources some user votes for have all their neighbours among the
+    # candidates; the others' columns are left empty.
+    used = np.zeros(len(neighbours.sources), dtype=bool)
+    used[vote_cols] = True
+    pair_used = np.repeat(used, np.diff(neighbours.starts))
+    cols = np.zeros(len(neighbours.others), dtype=np.int64)
+    cols[pair_used] = [
+        index[other]
+        for other, keep in zip(neighbours.others, pair_used.tolist(), strict=True)
+        if keep
+    ]
+    values = np.where(pair_used, neighbours.similarities, 0.0)
+    similarity = sp.csr_matrix(
+        (values, cols, neighbours.starts), shape=(len(neighbours.sources), len(index))
+    )
+    shape = (len(users), len(neighbours.sources))
+    vote_matrix = sp.csr_matrix((votes, (vote_rows, vote_cols)), shape=shape)
     product = (vote_matrix @ similarity).tocoo()
     return _Scores(product.row.astype(np.int64), product.col.astype(np.int64), product.data)
 

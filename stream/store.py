@@ -20,6 +20,7 @@ from redis.commands.core import AsyncScript
 
 from models.decay import log_forward_weight, logaddexp
 from models.profile import ItemDeltas, UserRecord
+from models.recommend import Neighbours
 from models.similarity import shrunk_cosine_array
 from stream.events import CatalogIn
 from stream.keys import Keys
@@ -53,7 +54,7 @@ class SimilarityParams:
 class RecommendationInputs:
     """Everything the recommender reads for a batch of users, fetched together."""
 
-    neighbours: dict[str, list[tuple[str, float]]]  # item -> [(neighbour, cosine)]
+    neighbours: Neighbours  # item -> [(neighbour, cosine)]
     popularity: list[tuple[str, float]]  # (item, log decayed score), best first
     category_items: dict[str, list[tuple[str, float]]]
     out_of_stock: set[str]
@@ -380,22 +381,22 @@ def _similarities(
     counts: Sequence[Sequence[Any]],
     norms: dict[str, float],
     shrinkage: float,
-) -> dict[str, list[tuple[str, float]]]:
+) -> Neighbours:
     """Each item's kept neighbours with their shrunk cosine from C and N as they are now, for
     the whole batch in one array pass. Pairs whose count is gone (trimmed) are left out."""
     others = [str(j) for neighbours in members for j in neighbours]
-    if not others:
-        return {}
-    lengths = [len(neighbours) for neighbours in members]
+    lengths = np.array([len(neighbours) for neighbours in members], dtype=np.int64)
     count = np.array([c or "nan" for found in counts for c in found], dtype=np.float64)
     item_norm = np.repeat([norms.get(i, 0.0) for i in items], lengths)
     other_norm = np.array([norms.get(j, 0.0) for j in others], dtype=np.float64)
-    values = shrunk_cosine_array(count, item_norm, other_norm, shrinkage).tolist()
-    found_pairs: dict[str, list[tuple[str, float]]] = {}
-    end = 0
-    for item, length in zip(items, lengths, strict=True):
-        start, end = end, end + length
-        pairs = [(others[n], values[n]) for n in range(start, end) if values[n] > 0.0]
-        if pairs:
-            found_pairs[item] = pairs
-    return found_pairs
+    values = shrunk_cosine_array(count, item_norm, other_norm, shrinkage)
+    kept = values > 0.0
+    # Per item, how many of its pairs are kept: the offsets of the flat arrays.
+    owner = np.repeat(np.arange(len(items)), lengths)
+    kept_per_item = np.bincount(owner[kept], minlength=len(items))
+    has_any = kept_per_item > 0
+    starts = np.zeros(int(has_any.sum()) + 1, dtype=np.int64)
+    np.cumsum(kept_per_item[has_any], out=starts[1:])
+    sources = [item for item, keep in zip(items, has_any.tolist(), strict=True) if keep]
+    kept_others = [other for other, keep in zip(others, kept.tolist(), strict=True) if keep]
+    return Neighbours(sources, starts, kept_others, values[kept])

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models.recommend import (
+    Neighbours,
     UserCandidates,
     blend,
     category_scores,
@@ -185,3 +186,12 @@ def test_excluded_items_never_appear(excluded: frozenset[str]) -> None:
     best = "q" if "q" not in excluded else "r"
     # q: ALS 1/1 plus popularity 0.02 (rescaled by the best *eligible* popular item: itself).
     assert (got[0][0].item_id, got[0][0].score) == (best, 1.02 if best == "q" else 1.0)
+
+
+def test_neighbours_as_flat_arrays_read_as_the_mapping_they_came_from() -> None:
+    pairs = {"a": [("x", 0.9), ("y", 0.3)], "b": [], "c": [("a", 0.5)]}
+    flat = Neighbours.of(pairs)
+    assert {item: flat[item] for item in flat} == pairs
+    assert len(flat) == 3 and "b" in flat and "z" not in flat
+    assert flat.get("z") is None
+    assert Neighbours.of(flat) is flat
