@@ -13,6 +13,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -23,8 +24,9 @@ from models.decay import decay_factor
 _SCORE_DIGITS = 6
 
 
-@dataclass(frozen=True, slots=True)
-class Recommendation:
+class Recommendation(NamedTuple):
+    """One recommended item (a named tuple: a batch builds thousands of them)."""
+
     item_id: str
     score: float
     source: str
@@ -234,13 +236,12 @@ def blend_scored(
         keys = scores.users * width + scores.cols
         eligible = (scores.values > 0.0) & ~excluded_cols[scores.cols]
         if len(excluded_keys):
-            eligible &= ~np.isin(keys, excluded_keys, assume_unique=False)
+            eligible &= ~_members_of(keys, excluded_keys)
         rows, keys, values = scores.users[eligible], keys[eligible], scores.values[eligible]
         if not len(keys):
             continue
         # Rescale by each user's best eligible item of this source, as blend does.
-        top = np.zeros(user_count)
-        np.maximum.at(top, rows, values)
+        top = _row_maxima(rows, values, user_count)
         keys_parts.append(keys)
         part_parts.append(weights[name] * values / top[rows])
         source_parts.append(np.full(len(keys), rank, dtype=np.int64))
@@ -252,17 +253,20 @@ def blend_scored(
     # bincount adds in input order, which is name order: the same floats as blend's sums.
     totals = np.bincount(cell_of, weights=parts, minlength=len(cells))
     # Each cell's source is the one with the largest part; a tie keeps the first by name.
-    by_part = np.lexsort((source, -parts, cell_of))
-    first = np.ones(len(by_part), dtype=bool)
-    first[1:] = cell_of[by_part][1:] != cell_of[by_part][:-1]
-    best_source = np.empty(len(cells), dtype=np.int64)
-    best_source[cell_of[by_part][first]] = source[by_part][first]
+    best_part = np.zeros(len(cells))
+    np.maximum.at(best_part, cell_of, parts)
+    at_best = parts == best_part[cell_of]
+    best_source = np.full(len(cells), len(names), dtype=np.int64)
+    np.minimum.at(best_source, cell_of[at_best], source[at_best])
     # Per user: the n best cells with a positive total, ties by item id (column order).
     positive = totals > 0.0
     cells, totals, best_source = cells[positive], totals[positive], best_source[positive]
+    # Cells come sorted by (row, col): two stable sorts order them by row, then best total,
+    # keeping column (item id) order among equal totals.
+    order = np.argsort(-totals, kind="stable")
+    order = order[np.argsort(cells[order] // width, kind="stable")]
+    cells, totals, best_source = cells[order], totals[order], best_source[order]
     rows, cols = cells // width, cells % width
-    order = np.lexsort((cols, -totals, rows))
-    rows, cols, totals, best_source = rows[order], cols[order], totals[order], best_source[order]
     starts = np.searchsorted(rows, np.arange(user_count + 1))
     ranked: list[list[Recommendation]] = []
     for user in range(user_count):
@@ -279,6 +283,26 @@ def blend_scored(
             ]
         )
     return ranked
+
+
+def _members_of(keys: NDArray[np.int64], sorted_keys: NDArray[np.int64]) -> NDArray[np.bool_]:
+    """Which ``keys`` are in ``sorted_keys`` (sorted, distinct, not empty)."""
+    at = np.minimum(np.searchsorted(sorted_keys, keys), len(sorted_keys) - 1)
+    return np.asarray(sorted_keys[at] == keys)
+
+
+def _row_maxima(
+    rows: NDArray[np.int64], values: NDArray[np.float64], row_count: int
+) -> NDArray[np.float64]:
+    """Each row's largest value (0 for rows without any); one pass over row-sorted input,
+    which every source builds."""
+    if np.any(rows[1:] < rows[:-1]):
+        order = np.argsort(rows, kind="stable")
+        rows, values = rows[order], values[order]
+    firsts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+    maxima = np.zeros(row_count)
+    maxima[rows[firsts]] = np.maximum.reduceat(values, firsts)
+    return maxima
 
 
 def _candidate_ids(
