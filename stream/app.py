@@ -9,6 +9,7 @@ a crash means redelivery, which dedupe turns into no-ops.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -33,6 +34,11 @@ log = logging.getLogger(__name__)
 RETRYABLE = (RedisConnectionError, RedisTimeoutError, BusyLoadingError, ConnectionError)
 MAX_BACKOFF = 5.0
 OUTBOX_SWEEP_SECONDS = 5.0
+# Allocations between young-generation collections (CPython's default is 700). A batch makes
+# hundreds of thousands of short-lived dicts, lists and tuples that reference counting frees;
+# at the default, the cyclic collector ran thousands of times a batch over the worker's whole
+# young heap: a quarter of the worker's CPU (measured in-process on the bench load).
+GC_YOUNG_THRESHOLD = 50_000
 
 
 def raw_event(event: Any) -> RawEvent:
@@ -174,8 +180,18 @@ def create_app(settings: Settings) -> faust.App:
     return app
 
 
+def tune_garbage_collection() -> None:
+    """Collect less often, and never again scan what start-up made (modules, the app):
+    ``gc.freeze`` moves it out of the collector's generations."""
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
+
+
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
     """Run the stream worker in this process until it is stopped (SIGINT/SIGTERM)."""
     app = create_app(settings)
     worker = faust_worker(app, loglevel)
+    tune_garbage_collection()
     worker.execute_from_commandline()
