@@ -12,21 +12,29 @@ Definitions (``H`` = horizon in days):
   horizon that has not happened yet; rows whose capped history cannot give exact features or
   labels at ``c`` are skipped.
 
-The model is logistic regression on standardised ``log1p`` features, its regularisation chosen
-by grouped cross-validation (a user's rows never straddle folds). Each coefficient's sign is
-bounded by how its feature moves while a user is silent
-(:data:`models.churn_features.SILENCE`): coefficients of features that grow in silence
-(recency, overdue) cannot be negative, those of features that shrink (windowed counts,
-decayed clicks) cannot be positive. So **risk never falls while a customer stays silent** —
-by construction, not by luck of the fit (unbounded, collinear recency and overdue terms did
-let it fall for some customers). On the simulator the bounds cost about 0.002 ROC-AUC.
-An isotonic recalibration (non-decreasing, so the guarantee holds) is kept only if it lowers
-the validated Brier score clearly; logistic regression fitted by log loss is usually
-calibrated already. Gradient-boosted trees were tried on the simulator and did not beat it
-(``workers/churn_eval.py`` reports them beside the model), so the simplest model stays.
+The model is gradient-boosted trees (scikit-learn's ``HistGradientBoostingClassifier``, log
+loss), the number of trees chosen by grouped cross-validation (a user's rows never straddle
+folds), with ``monotonic_cst`` set from how each feature moves while a user is silent
+(:data:`models.churn_features.SILENCE`): risk can only rise with features that grow in silence
+(recency, overdue) and only fall with those that shrink (windowed counts, decayed clicks). So
+**risk never falls while a customer stays silent** — by construction, and checked again on
+every model loaded (:mod:`models.churn_trees`). The trees are exported node by node into
+arrays and scored with numpy: no estimator object, no pickle.
 
-:class:`ChurnModel` is nothing but arrays and numbers: it scores with numpy, and
-:func:`encode_churn_model` / :func:`decode_churn_model` turn it into JSON bytes and back,
+The previous model, logistic regression on standardised ``log1p`` features with coefficient
+signs bounded by the same directions (fitted with SciPy, since scikit-learn's
+``LogisticRegression`` cannot bound signs; regularisation by grouped cross-validation), is kept:
+``fit_churn_model(..., kind="logistic")`` fits it, models of that kind still load and score,
+and the evaluation reports it beside the trees. The trees have the lower Brier score on every
+simulator seed and on CDNOW, and the same or a higher ROC-AUC within the bootstrap noise
+(README, "Churn risk").
+
+A :class:`ChurnModel` scores ``calibrate(sigmoid(intercept + coef . z(x) + trees(x)))``: a
+tree model has zero coefficients, a logistic one no trees. An isotonic recalibration
+(non-decreasing, so the guarantee holds) is kept only if it lowers the validated Brier score
+clearly; a log-loss fit is usually calibrated already.
+
+:func:`encode_churn_model` / :func:`decode_churn_model` turn a model into JSON bytes and back,
 validating every shape and value (no pickles: whoever can write the store cannot run code).
 """
 
@@ -58,9 +66,21 @@ from models.churn_features import (
     features_as_of,
     is_customer,
 )
+from models.churn_trees import (
+    L2_REGULARIZATION,
+    LEARNING_RATE,
+    MAX_DEPTH,
+    TreeEnsemble,
+    choose_trees,
+    export_trees,
+    min_leaf,
+    new_classifier,
+)
 from shoppulse.errors import ShopPulseError
 
-FORMAT = "shoppulse-churn-1"
+FORMAT = "shoppulse-churn-2"  # adds trees; format 1 (logistic only) still loads
+FORMATS = ("shoppulse-churn-1", FORMAT)
+TREES, LOGISTIC = "trees", "logistic"
 FloatArray = NDArray[np.float64]
 
 # The features the model uses. Left out: spend totals (log spend = log orders + log average
@@ -174,13 +194,15 @@ def build_training_set(
 
 @dataclass(frozen=True, slots=True)
 class ChurnModel:
-    """``risk = calibrate(sigmoid(intercept + coef . (log1p(x) - mean) / scale))``.
+    """``risk = calibrate(sigmoid(intercept + coef . (log1p(x) - mean) / scale + trees(x)))``.
 
-    ``calibration_x``/``calibration_y`` are an isotonic map from the logistic probability to
-    the calibrated one (``np.interp``); both empty when the logistic output is used as is.
-    ``reference`` is the average *retained* training customer in model space: reasons say
-    what sets a user apart from customers who stay (against the average customer, who in most
-    shops has long gone, a clearly lapsing user would look unremarkable).
+    A tree model has ``coef`` all zero (``mean`` 0, ``scale`` 1) and its trees on the raw
+    features; a logistic one has no trees. ``calibration_x``/``calibration_y`` are an isotonic
+    map from that probability to the calibrated one (``np.interp``); both empty when it is used
+    as is. ``reference`` is the average *retained* training customer in model space
+    (``(log1p(x) - mean) / scale``): reasons say what sets a user apart from customers who stay
+    (against the average customer, who in most shops has long gone, a clearly lapsing user
+    would look unremarkable).
     """
 
     version: str
@@ -194,9 +216,14 @@ class ChurnModel:
     calibration_x: FloatArray = field(default_factory=lambda: np.zeros(0))
     calibration_y: FloatArray = field(default_factory=lambda: np.zeros(0))
     params: dict[str, Any] = field(default_factory=dict)
+    trees: TreeEnsemble = field(default_factory=TreeEnsemble.empty)
 
     def __post_init__(self) -> None:
         _validate(self)
+
+    @property
+    def kind(self) -> str:
+        return TREES if self.trees.trees else LOGISTIC
 
     def matrix(self, rows: Sequence[Mapping[str, float]]) -> FloatArray:
         """Feature dicts as rows in this model's feature order."""
@@ -217,7 +244,7 @@ class ChurnModel:
             raise ChurnModelError(f"expected rows of {len(self.features)} features")
         if not np.isfinite(x).all():
             raise ChurnModelError("features must be finite")
-        logits = self.intercept + self.standardise(x) @ self.coef
+        logits = self.trees.raw(x, self.intercept + self.standardise(x) @ self.coef)
         risk = 1.0 / (1.0 + np.exp(-np.clip(logits, -500.0, 500.0)))
         if len(self.calibration_x):
             risk = np.interp(risk, self.calibration_x, self.calibration_y)
@@ -237,8 +264,30 @@ class ChurnModel:
 
     def contributions(self, features: Mapping[str, float]) -> dict[str, float]:
         """Each feature's push on the log-odds against the average retained customer."""
-        z = self.standardise(self.matrix([features]))[0] - self.reference
-        return {name: float(c) for name, c in zip(self.features, self.coef * z, strict=True)}
+        return self.pushes(features, {name: (name,) for name in self.features})
+
+    def pushes(
+        self, features: Mapping[str, float], sets: Mapping[str, Sequence[str]]
+    ) -> dict[str, float]:
+        """How much each named set of features pushes the log-odds up against the average
+        retained customer: the coefficients times the set's distances from them, plus, for the
+        trees, how much lower the log-odds would be with the whole set at their values. (A set
+        at once, because trees may read one fact from any of several features, recency or
+        overdue: taking one away alone would show little.) Features the model lacks push 0."""
+        x = self.matrix([features])
+        linear = self.coef * (self.standardise(x)[0] - self.reference)
+        columns = {name: n for n, name in enumerate(self.features)}
+        chosen = {key: [columns[f] for f in names if f in columns] for key, names in sets.items()}
+        result = {key: float(linear[cols].sum()) for key, cols in chosen.items()}
+        if self.trees.trees:
+            typical = np.expm1(self.mean + self.scale * self.reference)
+            probes = np.repeat(x, len(chosen) + 1, axis=0)
+            for row, cols in enumerate(chosen.values(), start=1):
+                probes[row, cols] = typical[cols]
+            raw = self.trees.raw(probes)
+            for row, key in enumerate(chosen, start=1):
+                result[key] += float(raw[0] - raw[row])
+        return result
 
 
 def risk_as_of(history: ChurnHistory, model: ChurnModel, as_of: float) -> float | None:
@@ -270,9 +319,25 @@ def _validate(model: ChurnModel) -> None:
         raise ChurnModelError(f"coefficients of {wrong} go against how silence moves them")
     if not math.isfinite(model.intercept):
         raise ChurnModelError("intercept is not finite")
+    _validate_trees(model)
     if not (math.isfinite(model.horizon_days) and model.horizon_days > 0.0):
         raise ChurnModelError("horizon_days must be positive")
     _validate_calibration(model.calibration_x, model.calibration_y)
+
+
+def _validate_trees(model: ChurnModel) -> None:
+    trees = model.trees
+    if not isinstance(trees, TreeEnsemble):
+        raise ChurnModelError("trees must be a TreeEnsemble")
+    if trees.trees == 0:
+        return
+    if (trees.feature >= len(model.features)).any():
+        raise ChurnModelError("a tree splits on a feature the model does not have")
+    wrong = trees.monotonic_violations([SILENCE[name] for name in model.features])
+    if wrong:
+        # As for coefficients: a silent customer's risk could fall. Refused whoever made it.
+        names = [model.features[n] for n in wrong]
+        raise ChurnModelError(f"trees split on {names} against how silence moves them")
 
 
 def _validate_calibration(x: FloatArray, y: FloatArray) -> None:
@@ -300,6 +365,7 @@ def encode_churn_model(model: ChurnModel) -> bytes:
         "horizon_days": model.horizon_days,
         "reference": model.reference.tolist(),
         "calibration": {"x": model.calibration_x.tolist(), "y": model.calibration_y.tolist()},
+        "trees": model.trees.to_trees(),
         "params": model.params,
     }
     return orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
@@ -311,14 +377,17 @@ def decode_churn_model(raw: bytes) -> ChurnModel:
         document = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise ChurnModelError(f"churn model is not JSON: {exc}") from exc
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise ChurnModelError("not a churn model of format " + FORMAT)
+    if not isinstance(document, dict) or document.get("format") not in FORMATS:
+        raise ChurnModelError("not a churn model of format " + " or ".join(FORMATS))
     if document.get("features_version") != FEATURES_VERSION:
         raise ChurnModelError(
             f"model features v{document.get('features_version')}, code v{FEATURES_VERSION}"
         )
     try:
         calibration = document["calibration"]
+        trees = document["trees"] if document["format"] == FORMAT else []  # format 1: none
+        if not isinstance(trees, list):
+            raise ChurnModelError("trees must be a list")
         return ChurnModel(
             version=str(document["version"]),
             features=tuple(str(name) for name in document["features"]),
@@ -331,6 +400,7 @@ def decode_churn_model(raw: bytes) -> ChurnModel:
             calibration_x=_floats(calibration["x"]),
             calibration_y=_floats(calibration["y"]),
             params=dict(document["params"]),
+            trees=TreeEnsemble.from_trees(trees, len(document["features"])),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ChurnModelError(f"churn model is malformed: {exc}") from exc
@@ -351,16 +421,20 @@ def fit_churn_model(
     training: TrainingSet,
     version: str,
     features: Sequence[str] = MODEL_FEATURES,
+    kind: str = TREES,
     c_grid: Sequence[float] = C_GRID,
     folds: int = CV_FOLDS,
     min_rows_per_class: int = 20,
 ) -> ChurnModel:
-    """Fit the model on ``training``: regularisation by grouped cross-validated log loss,
-    recalibration only if it clearly helps, then a refit on every row.
+    """Fit the model on ``training``: its regularisation (the number of trees, or C for
+    ``kind="logistic"``) by grouped cross-validated log loss, recalibration only if it clearly
+    helps, then a refit on every row.
 
     Raises ChurnModelError when either class has fewer than ``min_rows_per_class`` rows (a
     young shop: keep serving the previous model, or none).
     """
+    if kind not in (TREES, LOGISTIC):
+        raise ValueError(f"kind must be {TREES!r} or {LOGISTIC!r}")
     y = training.labels.astype(np.float64)
     positives = int(y.sum())
     if min(positives, len(y) - positives) < min_rows_per_class:
@@ -368,20 +442,43 @@ def fit_churn_model(
             f"too few examples to train: {positives} churned, {len(y) - positives} stayed"
         )
     columns = [FEATURE_NAMES.index(name) for name in features]
-    z = np.log1p(np.maximum(training.features[:, columns], 0.0))
+    raw = np.maximum(training.features[:, columns], 0.0)
+    z = np.log1p(raw)
     fold = _folds(training.users, folds)
     signs = [SILENCE[name] for name in features]
+    n = len(columns)
     from threadpoolctl import threadpool_limits
 
     # Products of a few thousand rows by ~20 columns: BLAS threads only fight each other (and
     # the stream worker next door); one thread is several times faster here.
     with threadpool_limits(limits=1, user_api="blas"):
-        c, oof = _choose_c(z, y, fold, c_grid, signs)
-        calibration, brier = _choose_calibration(oof, y, fold)
-        mean, scale, coef, intercept = _fit_logistic(z, y, c, signs)
+        if kind == LOGISTIC:
+            c, oof = _choose_c(z, y, fold, c_grid, signs)
+            calibration, brier = _choose_calibration(oof, y, fold)
+            mean, scale, coef, intercept = _fit_logistic(z, y, c, signs)
+            trees = TreeEnsemble.empty()
+            chosen: dict[str, Any] = {"c": c}
+        else:
+            count, oof = choose_trees(raw, y, fold, signs)
+            calibration, brier = _choose_calibration(oof, y, fold)
+            try:
+                intercept, trees = export_trees(new_classifier(signs, count, len(y)).fit(raw, y))
+            except ValueError as exc:
+                raise ChurnModelError(f"the fitted trees cannot be exported: {exc}") from exc
+            mean, scale, coef = np.zeros(n), np.ones(n), np.zeros(n)
+            if not (math.isfinite(intercept) and np.isfinite(trees.value).all()):
+                raise ChurnModelError("training produced non-finite trees")
+            chosen = {
+                "trees": count,
+                "learning_rate": LEARNING_RATE,
+                "max_depth": MAX_DEPTH,
+                "min_samples_leaf": min_leaf(len(y)),
+                "l2_regularization": L2_REGULARIZATION,
+            }
     reference = (z[y == 0.0].mean(axis=0) - mean) / scale
     params = {
-        "c": c,
+        "kind": kind,
+        **chosen,
         "rows": len(y),
         "churned": positives,
         "cutoffs": list(training.used_cutoffs),
@@ -402,6 +499,7 @@ def fit_churn_model(
         calibration[0],
         calibration[1],
         params,
+        trees,
     )
 
 
@@ -571,13 +669,17 @@ def reasons(features: Mapping[str, float], model: ChurnModel, top: int = 3) -> l
     """What pushes this user's risk up most against customers who stay, strongest first, in
     words a marketer reads (e.g. "no order for 94 days, usually orders every 21 days"); at
     most ``top``, possibly none for a user who looks like those who stay."""
-    pushes = model.contributions(features)
-    groups = {name: sum(pushes.get(f, 0.0) for f in group) for name, group in REASON_GROUPS.items()}
-    keys = {name: sum(pushes.get(f, 0.0) for f in group) for name, group in REASON_KEYS.items()}
+    group_sets = dict(REASON_GROUPS)
+    key_sets = dict(REASON_KEYS)
     if features["has_clickstream"] < 1.0:
         # Without clickstream, activity recency is order recency: one story, told once.
-        groups["rhythm"] += groups.pop("activity")
-        keys["rhythm"] += keys.pop("activity")
+        group_sets["rhythm"] += group_sets.pop("activity")
+        key_sets["rhythm"] += key_sets.pop("activity")
+    pushes = model.pushes(
+        features, {**group_sets, **{f"key:{name}": names for name, names in key_sets.items()}}
+    )
+    groups = {name: pushes[name] for name in group_sets}
+    keys = {name: pushes[f"key:{name}"] for name in key_sets}
     told = [(push, name) for name, push in groups.items() if push >= MIN_REASON_PUSH]
     ranked = [name for _, name in sorted(told, reverse=True) if keys[name] > 0.0]
     typical = model.typical()
@@ -624,6 +726,8 @@ def _rhythm_text(f: Mapping[str, float], typical: Mapping[str, float]) -> str | 
         silence = f"no order or visit for {days} days"
     else:
         silence = f"no order for {days} days (last visit {_plural(visit, 'day')} ago)"
+    if f["orders_total"] >= 2 and _n(f["gap_mean_days"]) < 1:
+        return f"{silence}, since the one day they placed all {_n(f['orders_total'])} orders"
     if f["orders_total"] >= 2:
         return f"{silence}, usually orders every {_n(f['gap_mean_days'])} days"
     return f"{silence} since their first and only order"

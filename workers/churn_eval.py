@@ -1,33 +1,38 @@
-"""Offline churn evaluation on the built-in shop simulator, against its ground truth.
+"""Offline churn evaluation: on the built-in shop simulator against its ground truth, and on
+CDNOW, a real order history (dates and amounts only).
 
 Protocol (everything in event time, ``H`` = horizon days):
 
-1. Simulate a shop (:mod:`shoppulse.simulator`, a published seed). The evaluation cutoff
-   ``c`` is the last UTC midnight that leaves ``H`` days plus the alert window before the end.
+1. Take the events: simulate a shop (:mod:`shoppulse.simulator`, a published seed), or read
+   CDNOW's orders (:func:`shoppulse.datasets.cdnow_order_events`; 23,570 customers who first
+   bought in Q1 1997, every purchase until the end of June 1998). The evaluation cutoff ``c``
+   is the last UTC midnight that leaves ``H`` days plus the alert window before the end.
 2. Live through the events up to ``c``, one at a time, into capped per-user histories exactly
    as the service keeps them. Nothing after ``c`` is seen by training.
-3. Training examples: features as of ``training_cutoffs`` cutoffs, ``spacing`` days apart,
-   the latest ``H`` days before ``c`` so that every label is known at ``c``
-   (:func:`models.churn.build_training_set`). Fit the churn model
-   (:func:`models.churn.fit_churn_model`) and, on the same rows, the baselines: logistic
-   regression on recency alone and on frequency (orders in the last 365 days) alone, and
-   gradient-boosted trees on every feature as a check on the choice of a linear model.
+3. Training examples, exactly as ``shoppulse retrain`` builds them at a clock of ``c``: features
+   as of ``training_cutoffs`` cutoffs, ``spacing`` days apart, the latest ``H`` days before
+   ``c`` so that every label is known at ``c`` (:func:`models.churn.build_training_set`).
+   Fit the churn model (:func:`models.churn.fit_churn_model`) and, on the same rows, the
+   comparisons: the previous model (sign-bounded logistic regression), and the baselines,
+   logistic regression on recency alone and on frequency (orders in the last 365 days) alone.
 4. Score every customer as of ``c`` and compare with **true churn**: no placed order in
-   ``(c, c + H]``, read from the simulator's own order log (its ground truth). ROC-AUC, PR-AUC
-   (churn positive), Brier score, log loss; for all customers and for *active* ones (an order
-   in the 180 days before ``c``), where recency alone says least. A reference row "knows who
-   has already left" scores 1 for customers whose true churn time is before ``c``: the best a
+   ``(c, c + H]``, read from the full order log (the simulator's own, or CDNOW's). ROC-AUC,
+   PR-AUC (churn positive), Brier score, log loss; for all customers, for *active* ones (an
+   order in the 180 days before ``c``), where recency alone says least, and for *repeat
+   buyers* (two or more orders by ``c``). On the simulator a reference row "knows who has
+   already left" scores 1 for customers whose true churn time is before ``c``: the best a
    model of the past can hope to tell, not a real model.
 5. Alerts: the alert state machine (:mod:`models.alerts`) runs over every customer as of
    ``c`` (first scores) and then weekly for ``alert_weeks`` weeks while the events of each week
    are lived through (the model stays fixed). An alert is *right* when its user places no order
    in the ``H`` days after it. Reported: alert counts, precision, recall at ``c``, and how
-   many of the churners missed at ``c`` are caught later as their silence grows.
+   many of the churners missed at ``c`` are caught later as their silence grows. (CDNOW ends
+   ``H`` days after its cutoff: alerts at ``c`` only.)
 6. Segments and value: K-means segments and the CLV of every customer as of ``c``, against the
    net spend they really made in ``(c, c + H]``.
 
-Writes ``churn-{mode}.{md,json,png}`` into ``out_dir`` (mode ``clickstream`` or
-``orders-only``); ``python -m workers.churn_eval OUT`` runs both modes and writes
+Writes ``churn-{mode}.{md,json,png}`` into ``out_dir`` (mode ``clickstream``, ``orders-only``
+or ``cdnow``); ``python -m workers.churn_eval OUT`` runs both simulator modes and writes
 ``churn.md`` with both tables.
 """
 
@@ -52,6 +57,7 @@ from threadpoolctl import threadpool_limits
 
 from models.alerts import AlertPolicy, AlertState, update_alert
 from models.churn import (
+    LOGISTIC,
     ChurnModel,
     TrainingSet,
     binary_metrics,
@@ -69,12 +75,17 @@ from models.churn_features import (
     is_customer,
 )
 from models.segments import fit_segments
+from shoppulse import datasets
 from shoppulse.simulator import PUBLISHED_SEEDS, ShopConfig, SimulatedShop, simulate_shop
 
 log = logging.getLogger(__name__)
 
 ACTIVE_DAYS = 180.0
+REPEAT_ORDERS = 2.0
 DEFAULT_THRESHOLD = 0.7
+SIMULATOR, CDNOW = "simulator", "cdnow"
+MODEL_ROW = "ShopPulse churn model"
+PREVIOUS_ROW = "sign-bounded logistic regression (previous model)"
 FloatArray = NDArray[np.float64]
 
 
@@ -84,6 +95,7 @@ class EvalConfig:
 
     seed: int = PUBLISHED_SEEDS[0]
     clickstream: bool = True
+    dataset: str = SIMULATOR  # or CDNOW (orders only: clickstream is ignored)
     horizon_days: float = 90.0
     training_cutoffs: int = 6
     cutoff_spacing_days: float = 30.0
@@ -94,10 +106,17 @@ class EvalConfig:
     segments: int = 5
     caps: HistoryCaps = field(default_factory=HistoryCaps)
     shop: ShopConfig | None = None  # None: the default shop (its clickstream set by the above)
-    compare_trees: bool = True  # also fit gradient-boosted trees, as a check on the model choice
+    compare_logistic: bool = True  # also fit the previous model, as a check on the model choice
+    data_dir: Path | None = None  # CDNOW: the cache folder (default ~/.cache/shoppulse/cdnow)
+
+    def __post_init__(self) -> None:
+        if self.dataset not in (SIMULATOR, CDNOW):
+            raise ValueError(f"dataset must be {SIMULATOR!r} or {CDNOW!r}")
 
     @property
     def mode(self) -> str:
+        if self.dataset == CDNOW:
+            return CDNOW
         return "clickstream" if self.clickstream else "orders-only"
 
 
@@ -113,6 +132,9 @@ class Row:
     active_roc_auc: float
     active_pr_auc: float
     active_brier: float
+    repeat_roc_auc: float = math.nan
+    repeat_pr_auc: float = math.nan
+    repeat_brier: float = math.nan
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,11 +156,14 @@ class AlertFigures:
 @dataclass(slots=True)
 class ChurnReport:
     config: EvalConfig
+    title: str
     cutoff: float
     customers: int
     active_customers: int
     churn_rate: float
     active_churn_rate: float
+    repeat_customers: int
+    repeat_churn_rate: float
     training_rows: int
     training_churn_rate: float
     training_cutoffs: list[float]
@@ -162,30 +187,93 @@ def evaluate_churn(
     seed: int = PUBLISHED_SEEDS[0],
     clickstream: bool = True,
     config: EvalConfig | None = None,
+    data: EvalData | None = None,
 ) -> ChurnReport:
     """Run one evaluation (see the module docstring) and write its report into ``out_dir``."""
     config = config or EvalConfig(seed=seed, clickstream=clickstream)
-    report = run(config)
+    report = run(config, data)
     write_report(out_dir, report)
     return report
 
 
-def run(config: EvalConfig) -> ChurnReport:
+def run(config: EvalConfig, data: EvalData | None = None) -> ChurnReport:
+    """``data`` (default: what ``config`` names, simulated or fetched) is evaluated."""
     # Small problems throughout: BLAS and OpenMP threads would only contend and spin (see
     # fit_churn_model); one thread each is faster, and steady on a busy machine.
     with threadpool_limits(limits=1):
-        return _run(config)
+        return _run(config, data)
 
 
-def _run(config: EvalConfig) -> ChurnReport:
+# -- the data -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EvalData:
+    """Events in the ShopPulse contract format, in time order, and what they are judged by."""
+
+    title: str
+    orders: list[dict[str, Any]]
+    clicks: list[dict[str, Any]]
+    end_ts: float  # nothing is known after this moment
+    placed_times: dict[str, list[float]]  # user -> placed-order times, ascending
+    churn_ts: dict[str, float | None] | None = None  # true churn moments, if anyone knows
+
+    def churned(self, user_id: str, cutoff: float, horizon_days: float) -> bool:
+        """True churn: no placed order in ``(cutoff, cutoff + H]`` (needs ``cutoff + H <= end``)."""
+        if cutoff + horizon_days * DAY > self.end_ts:
+            raise ValueError("the horizon runs past the end of the data")
+        times = self.placed_times.get(user_id, [])
+        return not any(cutoff < ts <= cutoff + horizon_days * DAY for ts in times)
+
+    @classmethod
+    def from_shop(cls, shop: SimulatedShop) -> EvalData:
+        mode = "clickstream" if shop.config.clickstream else "orders only"
+        return cls(
+            f"the simulated shop ({mode}, seed {shop.seed})",
+            shop.orders,
+            shop.clicks,
+            shop.end_ts,
+            shop.placed_times,
+            {user: truth.churn_ts for user, truth in shop.truth.items()},
+        )
+
+    @classmethod
+    def from_orders(cls, title: str, orders: list[dict[str, Any]]) -> EvalData:
+        """Real orders: the data ends with the last UTC day that has an event."""
+        ordered = sorted(orders, key=lambda e: float(e["ts"]))
+        placed: dict[str, list[float]] = {}
+        for event in ordered:
+            if event.get("status", "placed") == "placed":
+                placed.setdefault(event["user_id"], []).append(float(event["ts"]))
+        last = float(ordered[-1]["ts"]) if ordered else 0.0
+        return cls(title, ordered, [], math.floor(last / DAY) * DAY + DAY, placed)
+
+
+def on_cdnow(config: EvalConfig) -> EvalConfig:
+    """``config`` for CDNOW: orders only, and no alert weeks (the data ends one horizon after
+    the cutoff)."""
+    return replace(config, dataset=CDNOW, clickstream=False, alert_weeks=0)
+
+
+def load_data(config: EvalConfig) -> EvalData:
+    """The events ``config`` names: the simulated shop of its seed, or CDNOW (fetched from the
+    Lifetimes wheel on first use; DatasetError if that fails)."""
+    if config.dataset == CDNOW:
+        path = datasets.cdnow_path(config.data_dir)
+        orders = datasets.cdnow_order_events(datasets.load_cdnow(path))
+        return EvalData.from_orders("CDNOW (real orders: dates and amounts only)", orders)
+    shop_config = replace(config.shop or ShopConfig(), clickstream=config.clickstream)
+    return EvalData.from_shop(simulate_shop(config.seed, shop_config))
+
+
+def _run(config: EvalConfig, data: EvalData | None) -> ChurnReport:
     timings: dict[str, float] = {}
     clock = _Stopwatch(timings)
-    shop_config = replace(config.shop or ShopConfig(), clickstream=config.clickstream)
-    shop = simulate_shop(config.seed, shop_config)
-    clock.lap("simulate")
+    data = data or load_data(config)
+    clock.lap("load")
     horizon = config.horizon_days
-    cutoff = math.floor((shop.end_ts - (horizon + 7 * config.alert_weeks) * DAY) / DAY) * DAY
-    life = _Replay(shop, config.caps)
+    cutoff = math.floor((data.end_ts - (horizon + 7 * config.alert_weeks) * DAY) / DAY) * DAY
+    life = _Replay(data, config.caps)
     life.until(cutoff)
     clock.lap("replay")
     cutoffs = training_cutoffs(cutoff, horizon, config.training_cutoffs, config.cutoff_spacing_days)
@@ -193,22 +281,25 @@ def _run(config: EvalConfig) -> ChurnReport:
     clock.lap("training_set")
     model = fit_churn_model(training, f"churn-eval-{config.seed}-{config.mode}")
     clock.lap("fit")
-    users, x, truth = _customers_as_of(life.histories, shop, cutoff, horizon)
-    rows = _score_rows(model, training, x, truth, shop, users, cutoff, config.compare_trees)
+    users, x, truth = _customers_as_of(life.histories, data, cutoff, horizon)
+    rows = _score_rows(model, training, x, truth, data, users, cutoff, config.compare_logistic)
     clock.lap("score")
     risks = model.score_matrix(x[:, [FEATURE_NAMES.index(f) for f in model.features]])
-    alerts = _replay_alerts(config, life, model, shop, cutoff, users, risks, truth)
+    alerts = _replay_alerts(config, life, model, data, cutoff, users, risks, truth)
     clock.lap("alerts")
-    segments, clv = _segments_and_value(config, shop, users, x, risks, cutoff)
+    segments, clv = _segments_and_value(config, data, users, x, risks, cutoff)
     clock.lap("segments")
-    active = x[:, FEATURE_NAMES.index("recency_days")] <= ACTIVE_DAYS
+    active, repeat = _subsets(x)
     return ChurnReport(
         config=config,
+        title=data.title,
         cutoff=cutoff,
         customers=len(users),
         active_customers=int(active.sum()),
         churn_rate=float(truth.mean()),
         active_churn_rate=float(truth[active].mean()),
+        repeat_customers=int(repeat.sum()),
+        repeat_churn_rate=float(truth[repeat].mean()),
         training_rows=len(training),
         training_churn_rate=float(training.labels.mean()),
         training_cutoffs=list(training.used_cutoffs),
@@ -222,16 +313,23 @@ def _run(config: EvalConfig) -> ChurnReport:
     )
 
 
+def _subsets(x: FloatArray) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
+    """Active customers (an order in the last ACTIVE_DAYS) and repeat buyers (2+ orders)."""
+    active = x[:, FEATURE_NAMES.index("recency_days")] <= ACTIVE_DAYS
+    repeat = x[:, FEATURE_NAMES.index("orders_total")] >= REPEAT_ORDERS
+    return active, repeat
+
+
 # -- living through the events -----------------------------------------------------------------
 
 
 class _Replay:
-    """Feeds the simulated events, in time order, into per-user histories."""
+    """Feeds the events, in time order, into per-user histories."""
 
-    def __init__(self, shop: SimulatedShop, caps: HistoryCaps) -> None:
+    def __init__(self, data: EvalData, caps: HistoryCaps) -> None:
         self.histories: dict[str, ChurnHistory] = {}
         self.caps = caps
-        self._events = _merged(shop)
+        self._events = _merged(data)
         self._next: tuple[float, int, dict[str, Any]] | None = next(self._events, None)
 
     def until(self, ts: float) -> None:
@@ -241,20 +339,21 @@ class _Replay:
             history = self.histories.setdefault(event["user_id"], ChurnHistory())
             if kind == 0:
                 amount = sum(line["quantity"] * line["price"] for line in event["items"])
-                history.record_order(event["ts"], amount, event["status"], self.caps)
+                status = event.get("status", "placed")
+                history.record_order(event["ts"], amount, status, self.caps)
             else:
                 history.record_click(event["ts"], event["type"], event.get("session_id"), self.caps)
             self._next = next(self._events, None)
 
 
-def _merged(shop: SimulatedShop) -> Iterator[tuple[float, int, dict[str, Any]]]:
-    orders = ((float(e["ts"]), 0, e) for e in shop.orders)
-    clicks = ((float(e["ts"]), 1, e) for e in shop.clicks)
+def _merged(data: EvalData) -> Iterator[tuple[float, int, dict[str, Any]]]:
+    orders = ((float(e["ts"]), 0, e) for e in data.orders)
+    clicks = ((float(e["ts"]), 1, e) for e in data.clicks)
     return heapq.merge(orders, clicks, key=lambda item: (item[0], item[1]))
 
 
 def _customers_as_of(
-    histories: Mapping[str, ChurnHistory], shop: SimulatedShop, cutoff: float, horizon: float
+    histories: Mapping[str, ChurnHistory], data: EvalData, cutoff: float, horizon: float
 ) -> tuple[list[str], FloatArray, NDArray[np.bool_]]:
     """Customers at ``cutoff``, their features then, and their true churn after it."""
     users, rows, truth = [], [], []
@@ -263,8 +362,12 @@ def _customers_as_of(
         if is_customer(features):
             users.append(user)
             rows.append([features[name] for name in FEATURE_NAMES])
-            truth.append(shop.churned(user, cutoff, horizon))
-    return users, np.asarray(rows), np.asarray(truth, dtype=np.bool_)
+            truth.append(data.churned(user, cutoff, horizon))
+    return (
+        users,
+        np.asarray(rows).reshape(len(rows), len(FEATURE_NAMES)),
+        np.asarray(truth, dtype=np.bool_),
+    )
 
 
 # -- scoring --------------------------------------------------------------------------------------
@@ -275,47 +378,65 @@ def _score_rows(
     training: TrainingSet,
     x: FloatArray,
     truth: NDArray[np.bool_],
-    shop: SimulatedShop,
+    data: EvalData,
     users: Sequence[str],
     cutoff: float,
-    compare_trees: bool,
+    compare_logistic: bool,
 ) -> list[Row]:
-    active = x[:, FEATURE_NAMES.index("recency_days")] <= ACTIVE_DAYS
+    active, repeat = _subsets(x)
     scorers: dict[str, Callable[[], FloatArray]] = {
-        "ShopPulse churn model": lambda: model.score_matrix(
-            x[:, [FEATURE_NAMES.index(f) for f in model.features]]
-        ),
-        "recency alone": lambda: _single_feature(training, x, "recency_days"),
-        "frequency alone": lambda: _single_feature(training, x, "orders_365d"),
-        "gradient-boosted trees (check)": lambda: _boosted_trees(training, x),
-        "knows who has already left (reference)": lambda: np.asarray(
-            [_gone(shop, user, cutoff) for user in users], dtype=np.float64
-        ),
+        MODEL_ROW: lambda: _model_risks(model, x),
     }
-    if not compare_trees:
-        del scorers["gradient-boosted trees (check)"]
+    if compare_logistic:
+        scorers[PREVIOUS_ROW] = lambda: _model_risks(
+            fit_churn_model(training, "churn-eval-logistic", kind=LOGISTIC), x
+        )
+    scorers["recency alone"] = lambda: _single_feature(training, x, "recency_days")
+    scorers["frequency alone"] = lambda: _single_feature(training, x, "orders_365d")
+    if data.churn_ts is not None:
+        churn_ts = data.churn_ts
+        scorers["knows who has already left (reference)"] = lambda: np.asarray(
+            [_gone(churn_ts.get(user), cutoff) for user in users], dtype=np.float64
+        )
     rows = []
     for name, score in scorers.items():
         p = score()
-        everyone, recent = binary_metrics(truth, p), binary_metrics(truth[active], p[active])
-        rows.append(
-            Row(
-                name,
-                everyone["roc_auc"],
-                everyone["pr_auc"],
-                everyone["brier"],
-                everyone["log_loss"],
-                recent["roc_auc"],
-                recent["pr_auc"],
-                recent["brier"],
-            )
-        )
-        log.info("%-40s ROC-AUC %.4f  Brier %.4f", name, everyone["roc_auc"], everyone["brier"])
+        rows.append(metric_row(name, truth, p, active, repeat))
+        log.info("%-40s ROC-AUC %.4f  Brier %.4f", name, rows[-1].roc_auc, rows[-1].brier)
     return rows
 
 
-def _gone(shop: SimulatedShop, user: str, cutoff: float) -> float:
-    churn_ts = shop.truth[user].churn_ts
+def metric_row(
+    name: str,
+    truth: NDArray[np.bool_],
+    p: FloatArray,
+    active: NDArray[np.bool_],
+    repeat: NDArray[np.bool_],
+) -> Row:
+    """One scorer's figures on everyone, the active customers and the repeat buyers."""
+    everyone = binary_metrics(truth, p)
+    recent = binary_metrics(truth[active], p[active])
+    again = binary_metrics(truth[repeat], p[repeat])
+    return Row(
+        name,
+        everyone["roc_auc"],
+        everyone["pr_auc"],
+        everyone["brier"],
+        everyone["log_loss"],
+        recent["roc_auc"],
+        recent["pr_auc"],
+        recent["brier"],
+        again["roc_auc"],
+        again["pr_auc"],
+        again["brier"],
+    )
+
+
+def _model_risks(model: ChurnModel, x: FloatArray) -> FloatArray:
+    return model.score_matrix(x[:, [FEATURE_NAMES.index(f) for f in model.features]])
+
+
+def _gone(churn_ts: float | None, cutoff: float) -> float:
     return 1.0 if churn_ts is not None and churn_ts <= cutoff else 0.0
 
 
@@ -328,15 +449,6 @@ def _single_feature(training: TrainingSet, x: FloatArray, name: str) -> FloatArr
     return np.asarray(fitted.predict_proba(np.log1p(x[:, [column]]))[:, 1], dtype=np.float64)
 
 
-def _boosted_trees(training: TrainingSet, x: FloatArray) -> FloatArray:
-    from sklearn.ensemble import HistGradientBoostingClassifier
-
-    fitted = HistGradientBoostingClassifier(
-        max_iter=150, learning_rate=0.1, max_depth=3, min_samples_leaf=100, random_state=0
-    ).fit(training.features, training.labels)
-    return np.asarray(fitted.predict_proba(x)[:, 1], dtype=np.float64)
-
-
 # -- alerts -------------------------------------------------------------------------------------
 
 
@@ -344,7 +456,7 @@ def _replay_alerts(
     config: EvalConfig,
     life: _Replay,
     model: ChurnModel,
-    shop: SimulatedShop,
+    data: EvalData,
     cutoff: float,
     users: list[str],
     risks: FloatArray,
@@ -390,7 +502,7 @@ def _replay_alerts(
         at_cutoff_recall=len(first & churners) / len(churners) if churners else math.nan,
         later=len(later),
         later_precision=(
-            sum(shop.churned(u, t, horizon) for u, t in later) / len(later) if later else math.nan
+            sum(data.churned(u, t, horizon) for u, t in later) / len(later) if later else math.nan
         ),
         per_week=per_week,
         max_per_user=max(counts.values(), default=0),
@@ -404,7 +516,7 @@ def _replay_alerts(
 
 def _segments_and_value(
     config: EvalConfig,
-    shop: SimulatedShop,
+    data: EvalData,
     users: list[str],
     x: FloatArray,
     risks: FloatArray,
@@ -416,7 +528,7 @@ def _segments_and_value(
     predicted = np.asarray(
         [segments.clv(f, float(r), horizon) for f, r in zip(rows, risks, strict=True)]
     )
-    actual = _net_spend(shop, set(users), cutoff, cutoff + horizon * DAY)
+    actual = _net_spend(data, set(users), cutoff, cutoff + horizon * DAY)
     real = np.asarray([actual.get(user, 0.0) for user in users])
     labels = [segments.segment(f) for f in rows]
     described = segments.describe()
@@ -435,10 +547,10 @@ def _segments_and_value(
     return described, clv
 
 
-def _net_spend(shop: SimulatedShop, users: set[str], start: float, end: float) -> dict[str, float]:
+def _net_spend(data: EvalData, users: set[str], start: float, end: float) -> dict[str, float]:
     """Money each user really spent in ``(start, end]``: placed minus cancelled and returned."""
     spend: dict[str, float] = {}
-    for event in shop.orders:
+    for event in data.orders:
         if event["user_id"] in users and start < event["ts"] <= end:
             amount = sum(line["quantity"] * line["price"] for line in event["items"])
             sign = 1.0 if event["status"] == "placed" else -1.0
@@ -463,15 +575,24 @@ def _top_decile_share(predicted: FloatArray, actual: FloatArray) -> float:
 
 
 def _model_summary(model: ChurnModel) -> dict[str, Any]:
-    return {
+    summary: dict[str, Any] = {
         "version": model.version,
+        "kind": model.kind,
         "features": list(model.features),
-        "coefficients": {
-            name: round(float(c), 4) for name, c in zip(model.features, model.coef, strict=True)
-        },
         "intercept": model.intercept,
-        **{k: v for k, v in model.params.items() if k not in ("trained_at", "cutoffs")},
     }
+    if model.trees.trees:
+        # How often the trees split on each feature: what the model looks at.
+        splits = model.trees.feature[model.trees.feature >= 0]
+        used = np.bincount(splits, minlength=len(model.features)).tolist()
+        ranked = sorted(zip(model.features, used, strict=True), key=lambda item: -item[1])
+        summary["splits"] = {name: int(n) for name, n in ranked if n}
+    else:
+        summary["coefficients"] = {
+            name: round(float(c), 4) for name, c in zip(model.features, model.coef, strict=True)
+        }
+    summary.update({k: v for k, v in model.params.items() if k not in ("trained_at", "cutoffs")})
+    return summary
 
 
 def _examples(
@@ -513,25 +634,30 @@ def markdown(report: ChurnReport) -> str:
     c = report.config
     a = report.alerts
     cutoff = time.strftime("%Y-%m-%d", time.gmtime(report.cutoff))
+    ends = time.strftime("%Y-%m-%d", time.gmtime(report.cutoff + c.horizon_days * DAY - DAY))
     lines = [
-        f"# Churn risk on the simulated shop ({c.mode}, seed {c.seed})",
+        f"# Churn risk on {report.title}",
         "",
-        f"Risk as of {cutoff} against true churn (no placed order in the next"
-        f" {c.horizon_days:g} days) for {report.customers} customers"
+        f"Risk as of {cutoff} 00:00 UTC against true churn (no placed order in the next"
+        f" {c.horizon_days:g} days, {cutoff}..{ends}) for {report.customers} customers"
         f" ({report.churn_rate:.1%} churn); active = ordered in the last {ACTIVE_DAYS:g} days"
-        f" ({report.active_customers} customers, {report.active_churn_rate:.1%} churn)."
-        f" Trained on {report.training_rows} examples from {len(report.training_cutoffs)}"
-        f" earlier cutoffs ({report.training_churn_rate:.1%} churn).",
+        f" ({report.active_customers} customers, {report.active_churn_rate:.1%} churn); repeat ="
+        f" {REPEAT_ORDERS:g} or more orders ({report.repeat_customers} customers,"
+        f" {report.repeat_churn_rate:.1%} churn). Trained as `shoppulse retrain` would at that"
+        f" clock: {report.training_rows} examples from {len(report.training_cutoffs)}"
+        f" earlier cutoffs ({report.training_churn_rate:.1%} churn);"
+        f" model: {_model_words(report.model_params)}.",
         "",
         "| scorer | ROC-AUC | PR-AUC | Brier | log loss | active ROC-AUC | active PR-AUC |"
-        " active Brier |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        " active Brier | repeat ROC-AUC | repeat PR-AUC | repeat Brier |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in report.rows:
         lines.append(
             f"| {row.model} | {row.roc_auc:.4f} | {row.pr_auc:.4f} | {row.brier:.4f} |"
             f" {row.log_loss:.4f} | {row.active_roc_auc:.4f} | {row.active_pr_auc:.4f} |"
-            f" {row.active_brier:.4f} |"
+            f" {row.active_brier:.4f} | {row.repeat_roc_auc:.4f} | {row.repeat_pr_auc:.4f} |"
+            f" {row.repeat_brier:.4f} |"
         )
     lines += [
         "",
@@ -540,11 +666,18 @@ def markdown(report: ChurnReport) -> str:
         "",
         f"* At the cutoff (first scores): {a.at_cutoff} alerts, precision"
         f" {a.at_cutoff_precision:.3f}, recall {a.at_cutoff_recall:.3f}.",
-        f"* Over the next {c.alert_weeks} weeks, scored weekly as events arrive: {a.later} alerts"
-        f" (per week {a.per_week}), precision {a.later_precision:.3f} (no order in the"
-        f" {c.horizon_days:g} days after the alert); at most {a.max_per_user} per user.",
-        f"* Churners below the threshold at the cutoff: {a.missed_churners}; alerted within"
-        f" {c.alert_weeks} weeks as their silence grew: {a.missed_caught_later}.",
+    ]
+    if c.alert_weeks:
+        lines += [
+            f"* Over the next {c.alert_weeks} weeks, scored weekly as events arrive: {a.later}"
+            f" alerts (per week {a.per_week}), precision {a.later_precision:.3f} (no order in the"
+            f" {c.horizon_days:g} days after the alert); at most {a.max_per_user} per user.",
+            f"* Churners below the threshold at the cutoff: {a.missed_churners}; alerted within"
+            f" {c.alert_weeks} weeks as their silence grew: {a.missed_caught_later}.",
+        ]
+    else:
+        lines.append("* No later weeks: the data ends one horizon after the cutoff.")
+    lines += [
         "",
         "## Segments and lifetime value as of the cutoff",
         "",
@@ -577,6 +710,15 @@ def markdown(report: ChurnReport) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _model_words(params: Mapping[str, Any]) -> str:
+    if params.get("kind") == LOGISTIC:
+        return f"sign-bounded logistic regression, C = {params.get('c')}"
+    return (
+        f"{params.get('trees')} monotone boosted trees of depth {params.get('max_depth')},"
+        f" calibration {params.get('calibration')}"
+    )
+
+
 def save_plot(path: Path, report: ChurnReport) -> None:
     """ROC-AUC (all and active customers) per scorer; cheap bars, no curves to recompute."""
     rows = report.rows
@@ -584,12 +726,13 @@ def save_plot(path: Path, report: ChurnReport) -> None:
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     positions = np.arange(len(rows))
-    axes.bar(positions - 0.2, [r.roc_auc for r in rows], 0.4, label="all customers")
-    axes.bar(positions + 0.2, [r.active_roc_auc for r in rows], 0.4, label="active customers")
+    axes.bar(positions - 0.27, [r.roc_auc for r in rows], 0.27, label="all customers")
+    axes.bar(positions, [r.active_roc_auc for r in rows], 0.27, label="active customers")
+    axes.bar(positions + 0.27, [r.repeat_roc_auc for r in rows], 0.27, label="repeat buyers")
     axes.set_xticks(positions, [r.model for r in rows], rotation=15, ha="right")
     axes.set_ylim(0.5, 1.0)
     axes.set_ylabel("ROC-AUC")
-    axes.set_title(f"Churn risk vs true churn, {report.config.mode}, seed {report.config.seed}")
+    axes.set_title(f"Churn risk vs true churn on {report.title}", fontsize=10)
     axes.legend()
     figure.savefig(path, dpi=110)
 
@@ -616,20 +759,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=PUBLISHED_SEEDS[0])
     parser.add_argument("--horizon-days", type=float, default=90.0)
     parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
+    parser.add_argument("--dataset", choices=(SIMULATOR, CDNOW), default=SIMULATOR)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    base = EvalConfig(
+        seed=args.seed, horizon_days=args.horizon_days, alert_threshold=args.threshold
+    )
     reports = []
-    for clickstream in (True, False):
-        config = EvalConfig(
-            seed=args.seed,
-            clickstream=clickstream,
-            horizon_days=args.horizon_days,
-            alert_threshold=args.threshold,
-        )
-        reports.append(evaluate_churn(args.out_dir, config=config))
-    (args.out_dir / "churn.md").write_text(summary_markdown(reports))
+    if args.dataset == CDNOW:
+        reports.append(evaluate_churn(args.out_dir, config=on_cdnow(base)))
+    else:
+        for clickstream in (True, False):
+            config = replace(base, clickstream=clickstream)
+            reports.append(evaluate_churn(args.out_dir, config=config))
+        (args.out_dir / "churn.md").write_text(summary_markdown(reports))
     for report in reports:
-        model, recency = report.row("ShopPulse churn model"), report.row("recency alone")
+        model, recency = report.row(MODEL_ROW), report.row("recency alone")
         print(
             f"{report.config.mode:12s} ROC-AUC {model.roc_auc:.4f} (recency {recency.roc_auc:.4f})"
             f"  active {model.active_roc_auc:.4f} (recency {recency.active_roc_auc:.4f})"

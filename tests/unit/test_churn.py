@@ -13,9 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models.churn import (
+    LOGISTIC,
     MODEL_FEATURES,
+    TREES,
     ChurnModel,
     ChurnModelError,
+    TrainingSet,
     build_training_set,
     decode_churn_model,
     encode_churn_model,
@@ -36,7 +39,7 @@ from models.churn_features import (
     history_from_events,
 )
 from shoppulse.simulator import ShopConfig, simulate_shop
-from workers.churn_eval import EvalConfig, evaluate_churn
+from workers.churn_eval import EvalConfig, EvalData, evaluate_churn, on_cdnow
 
 H = 90.0
 
@@ -234,8 +237,8 @@ def test_nan_never_reaches_a_model() -> None:
 
 
 @pytest.fixture(scope="module")
-def trained() -> tuple[ChurnModel, dict[str, ChurnHistory], float]:
-    """A model trained on a small simulated shop (orders only), as of its last cutoff."""
+def shop_histories() -> tuple[TrainingSet, dict[str, ChurnHistory], float]:
+    """A small simulated shop (orders only): its histories and training set at its end."""
     shop = simulate_shop(7, ShopConfig(customers=500, prospects=0, days=600, clickstream=False))
     end = shop.end_ts
     histories: dict[str, ChurnHistory] = {}
@@ -244,22 +247,39 @@ def trained() -> tuple[ChurnModel, dict[str, ChurnHistory], float]:
         histories.setdefault(event["user_id"], ChurnHistory()).record_order(
             event["ts"], amount, event["status"]
         )
-    training = build_training_set(histories, training_cutoffs(end, H, 4, 30), H, end)
-    return fit_churn_model(training, "churn-test", folds=3), histories, end
+    return build_training_set(histories, training_cutoffs(end, H, 4, 30), H, end), histories, end
+
+
+@pytest.fixture(scope="module", params=[TREES, LOGISTIC])
+def trained(
+    request: pytest.FixtureRequest,
+    shop_histories: tuple[TrainingSet, dict[str, ChurnHistory], float],
+) -> tuple[ChurnModel, dict[str, ChurnHistory], float]:
+    """The served model (trees) and the previous one (logistic), trained on that shop."""
+    training, histories, end = shop_histories
+    return fit_churn_model(training, "churn-test", kind=request.param, folds=3), histories, end
 
 
 def test_training_gives_a_validated_model_that_respects_silence(
     trained: tuple[ChurnModel, dict[str, ChurnHistory], float],
 ) -> None:
-    model, _, _ = trained
+    model, histories, end = trained
     assert model.features == MODEL_FEATURES
     assert model.params["validation"]["roc_auc"] > 0.85
-    assert model.params["c"] in (0.01, 0.1, 1.0, 10.0)
     assert model.params["calibration"] in ("none", "isotonic")
-    for name, c in zip(model.features, model.coef, strict=True):
-        assert c * SILENCE[name] >= 0.0, name
+    if model.kind == TREES:
+        assert 1 <= model.params["trees"] <= 300 and model.trees.trees == model.params["trees"]
+        assert not model.coef.any()
+        assert model.trees.monotonic_violations([SILENCE[f] for f in model.features]) == []
+    else:
+        assert model.params["c"] in (0.01, 0.1, 1.0, 10.0)
+        assert model.trees.trees == 0
+        for name, c in zip(model.features, model.coef, strict=True):
+            assert c * SILENCE[name] >= 0.0, name
     # Published and loaded again, it scores the same.
-    assert decode_churn_model(encode_churn_model(model)).coef.tolist() == model.coef.tolist()
+    again = decode_churn_model(encode_churn_model(model))
+    rows = [features_as_of(h, end) for h in histories.values()]
+    assert np.array_equal(again.score_many(rows), model.score_many(rows))
 
 
 @settings(max_examples=30, deadline=None)
@@ -369,17 +389,40 @@ def test_evaluation_runner_writes_its_report(tmp_path: Path) -> None:
         training_cutoffs=3,
         alert_weeks=2,
         shop=ShopConfig(customers=300, prospects=0, days=450, clickstream=False),
-        compare_trees=False,
     )
     report = evaluate_churn(tmp_path, config=config)
     for suffix in ("md", "json", "png"):
         assert (tmp_path / f"churn-orders-only.{suffix}").stat().st_size > 0
     document = orjson.loads((tmp_path / "churn-orders-only.json").read_bytes())
-    assert [row["model"] for row in document["rows"]][:3] == [
+    assert [row["model"] for row in document["rows"]] == [
+        "ShopPulse churn model",
+        "sign-bounded logistic regression (previous model)",
+        "recency alone",
+        "frequency alone",
+        "knows who has already left (reference)",
+    ]
+    model = report.row("ShopPulse churn model")
+    assert 0.5 < model.roc_auc <= 1.0 and 0.0 <= model.brier < 0.25
+    assert 0.5 < model.repeat_roc_auc <= 1.0 and 0 < report.repeat_customers < report.customers
+    assert report.model_params["kind"] == "trees"
+    assert report.alerts.max_per_user <= 2
+
+
+def test_real_orders_are_evaluated_without_a_truth_beyond_the_orders(tmp_path: Path) -> None:
+    """What CDNOW goes through: orders only, no known churn moments, no alert weeks."""
+    shop = simulate_shop(6, ShopConfig(customers=300, prospects=0, days=450, clickstream=False))
+    placed_only = [e for e in shop.orders if e["status"] == "placed"]
+    data = EvalData.from_orders("some real shop", placed_only)
+    assert data.end_ts % DAY == 0.0 and data.end_ts > placed_only[-1]["ts"]
+    config = on_cdnow(EvalConfig(training_cutoffs=3, compare_logistic=False))
+    report = evaluate_churn(tmp_path, config=config, data=data)
+    assert [row.model for row in report.rows] == [
         "ShopPulse churn model",
         "recency alone",
         "frequency alone",
     ]
-    model = report.row("ShopPulse churn model")
-    assert 0.5 < model.roc_auc <= 1.0 and 0.0 <= model.brier < 0.25
-    assert report.alerts.max_per_user <= 2
+    assert report.cutoff == math.floor((data.end_ts - H * DAY) / DAY) * DAY
+    assert report.alerts.per_week == [] and report.alerts.at_cutoff > 0
+    text = (tmp_path / "churn-cdnow.md").read_text()
+    assert text.startswith("# Churn risk on some real shop")
+    assert "No later weeks" in text and "repeat ROC-AUC" in text
