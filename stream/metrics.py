@@ -182,7 +182,7 @@ class Metrics:
             registry=r,
         )
         self.up.set(time.time())
-        self._model: tuple[str, str] | None = None
+        self._models: dict[str, str] = {}  # kind -> served version
         self._pseudonymise_key: SecretStr | None = None
 
     def use_pseudonyms(self, key: SecretStr | None) -> None:
@@ -241,11 +241,12 @@ class Metrics:
     def serving(
         self, version: str, kind: str = "als", header: Mapping[str, Any] | None = None
     ) -> None:
-        """The served model version (and what its header says about training)."""
-        if self._model != (kind, version):
-            if self._model is not None:
-                self.model_info.remove(*self._model)
-            self._model = (kind, version)
+        """The served model version of this kind (and what its header says about training)."""
+        previous = self._models.get(kind)
+        if previous != version:
+            if previous is not None:
+                self.model_info.remove(kind, previous)
+            self._models[kind] = version
             self.model_info.labels(kind, version).set(1)
         params = (header or {}).get("params") or {}
         published = (header or {}).get("published_at")

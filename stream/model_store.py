@@ -110,6 +110,7 @@ class ChurnModels:
     version: str
     churn: ChurnModel
     segments: SegmentModel | None
+    train_seconds: float | None = None  # how long training took (for /metrics)
 
 
 class ChurnModelStore:
@@ -124,6 +125,8 @@ class ChurnModelStore:
         fields = {"kind": KIND_CHURN, "churn": encode_churn_model(models.churn)}
         if models.segments is not None:
             fields["segments"] = encode_segment_model(models.segments)
+        if models.train_seconds is not None:
+            fields["train_seconds"] = repr(models.train_seconds)
         key = self.keys.model(models.version)
         async with self.client.pipeline(transaction=True) as pipe:
             pipe.delete(key)
@@ -158,3 +161,15 @@ class ChurnModelStore:
     async def load_current(self) -> ChurnModels | None:
         version = await self.current_version()
         return await self.load(version) if version else None
+
+    async def header(self, version: str) -> dict[str, Any]:
+        """What /metrics shows of a version, shaped like an ALS version's header:
+        ``published_at`` and ``params.train_seconds`` (when known)."""
+        published = await self.client.zscore(self.keys.churn_models(), version)
+        seconds = await self.client.hget(self.keys.model(version), "train_seconds")
+        header: dict[str, Any] = {"params": {}}
+        if published is not None:
+            header["published_at"] = float(published)
+        if seconds is not None:
+            header["params"]["train_seconds"] = float(seconds)
+        return header

@@ -30,7 +30,7 @@ from redis.exceptions import RedisError
 from shoppulse.settings import Settings
 from stream.keys import Keys, Topics
 from stream.metrics import CONTENT_TYPE, METRICS, Metrics
-from stream.model_store import KIND_ALS, KIND_CHURN, ModelStore
+from stream.model_store import KIND_ALS, KIND_CHURN, ChurnModelStore, ModelStore
 from stream.privacy import user_key
 from stream.store import connect
 
@@ -134,12 +134,16 @@ async def sample(app: faust.App, state: WebState) -> None:
 
 
 async def follow_model(state: WebState) -> None:
+    """The served ALS and churn versions, for /metrics."""
     version = await state.models.current_version(KIND_ALS)
-    if version is None:
-        return
-    versions = await state.models.versions()
-    header = next((v for v in versions if v.get("version") == version), None)
-    state.metrics.serving(version, KIND_ALS, header)
+    if version is not None:
+        versions = await state.models.versions()
+        header = next((v for v in versions if v.get("version") == version), None)
+        state.metrics.serving(version, KIND_ALS, header)
+    churn = ChurnModelStore(state.redis, state.keys)
+    version = await churn.current_version()
+    if version is not None:
+        state.metrics.serving(version, KIND_CHURN, await churn.header(version))
 
 
 # -- reads behind the JSON endpoints --------------------------------------------------------------

@@ -102,11 +102,12 @@ def train_models(
             log.warning("no segments in %s: %s", version, exc)
             segments = None
     validation = dict(churn.params.get("validation", {}))
-    return ChurnModels(version, churn, segments), _with(
+    seconds = time.monotonic() - started
+    return ChurnModels(version, churn, segments, seconds), _with(
         result,
         validation={k: float(v) for k, v in validation.items()},
         segments=list(segments.labels) if segments else [],
-        train_seconds=time.monotonic() - started,
+        train_seconds=seconds,
     )
 
 

@@ -163,9 +163,11 @@ async def test_metrics_count_events_dead_letters_and_latency(web: Web) -> None:
 
     async def model_shown() -> bool | None:
         found = await metric_samples(web)
-        return value(found, "shoppulse_model_info", kind="als", version=current) == 1 or None
+        als = value(found, "shoppulse_model_info", kind="als", version=current)
+        churn = value(found, "shoppulse_model_info", kind="churn", version=CHURN_VERSION)
+        return als == churn == 1 or None
 
-    await web.stack.until(model_shown, 20, "the served model in the metrics")
+    await web.stack.until(model_shown, 20, "the served ALS and churn models in the metrics")
     trained = await metric_samples(web)
     assert value(trained, "shoppulse_model_training_seconds", kind="als") > 0
     assert 0 <= value(trained, "shoppulse_model_holdout_hit_rate", kind="als") <= 1

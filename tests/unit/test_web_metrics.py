@@ -100,6 +100,15 @@ def test_model_and_redis_series() -> None:
     found = samples(metrics)
     versions = {dict(labels)["version"] for name, labels in found if name == "shoppulse_model_info"}
     assert versions == {"als-2"}  # the previous version's series is removed
+    metrics.serving("churn-1", "churn", {"published_at": 2000.0, "params": {"train_seconds": 7}})
+    found = samples(metrics)
+    served = {
+        (dict(labels)["kind"], dict(labels)["version"])
+        for name, labels in found
+        if name == "shoppulse_model_info"
+    }
+    assert served == {("als", "als-2"), ("churn", "churn-1")}  # one version per kind
+    assert found[("shoppulse_model_training_seconds", frozenset({("kind", "churn")}))] == 7
     assert found[("shoppulse_model_training_seconds", frozenset({("kind", "als")}))] == 1.5
     assert found[("shoppulse_redis_retries_total", frozenset())] == 1
     errors = {
