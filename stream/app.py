@@ -26,7 +26,7 @@ from stream.metrics import METRICS, Metrics, timed_batch
 from stream.model_store import ModelStore
 from stream.processor import BatchOutcome, Processor, RawEvent, dead_letter
 from stream.store import RedisStore, connect
-from stream.transport import faust_app, faust_worker
+from stream.transport import faust_app, faust_worker, take_batches
 from stream.web import register_web
 
 log = logging.getLogger(__name__)
@@ -148,14 +148,14 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.agent(user_events, name="user-events")
     async def process_user_events(stream: Any) -> None:
-        async for events in stream.take_events(settings.batch_size, within=settings.batch_window):
+        async for events in take_batches(stream, settings.batch_size, settings.batch_window):
             batch = [raw_event(event) for event in events]
             outcome = isolate_failures(batch, processor().process_user_events)
             await publish(await timed_batch("user-events", events, outcome))
 
     @app.agent(catalog_events, name="catalog")
     async def process_catalog(stream: Any) -> None:
-        async for events in stream.take_events(settings.batch_size, within=settings.batch_window):
+        async for events in take_batches(stream, settings.batch_size, settings.batch_window):
             batch = [raw_event(event) for event in events]
             outcome = isolate_failures(batch, processor().process_catalog)
             await publish(await timed_batch("catalog", events, outcome))

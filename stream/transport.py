@@ -12,7 +12,9 @@ at the cost of at most ten empty fetches a second per broker on an idle topic.
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -89,3 +91,61 @@ def use_fetch_wait(app: faust.App, fetch_max_wait_ms: int) -> None:
 
     Transport.Consumer = Consumer
     app.transport = Transport(app.conf.broker_consumer, app)
+
+
+async def take_batches(stream: Any, max_events: int, within: float) -> AsyncIterator[list[Any]]:
+    """Batches of up to ``max_events`` events of a Faust stream, each acked once the caller
+    asks for the next one.
+
+    Faust's own ``Stream.take_events`` stops taking events in while the caller works on a
+    batch, then waits up to ``within`` for the next one to fill: under a backlog every batch is
+    what Faust delivers in ``within`` (about 100 events in 10 ms on 2 cores), however long the
+    work took, so per-batch costs were paid every 100 events. Here events keep arriving during
+    the work, and the next batch is whatever came meanwhile, at once: batches grow with the
+    load by themselves, up to ``max_events`` under a backlog, and stay small and quick when
+    events trickle in (a first event waits at most ``within`` for company). Built like
+    ``take_events``, on the same stream hooks (a processor that buffers each event, passive
+    iteration of the channel, acks turned off and done here)."""
+    pending: list[Any] = []
+    arrived, full, room = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    room.set()
+
+    async def buffer(value: Any) -> Any:
+        event = stream.current_event
+        if event is None:
+            raise RuntimeError("take_batches found no current event")
+        pending.append(event)
+        arrived.set()
+        if len(pending) >= max_events:
+            full.set()
+            room.clear()
+            await stream.wait(room)  # back-pressure: never more than one batch waiting
+        return value
+
+    acks_were = stream.enable_acks
+    stream.enable_acks = False
+    stream.add_processor(buffer)
+    stream._enable_passive(stream.channel.__aiter__())
+    try:
+        while not stream.should_stop:
+            if not pending:
+                await stream.wait_for_stopped(arrived)
+                if within and not full.is_set():
+                    await stream.wait_for_stopped(full, timeout=within)
+            if not pending:
+                continue
+            batch = pending[:max_events]
+            del pending[:max_events]
+            if not pending:
+                arrived.clear()
+            full.clear()
+            room.set()
+            yield batch
+            # Acked only when the caller comes back for more: a batch whose work was cut short
+            # (cancelled at shutdown, or failed) is left unacked, so it is delivered again and
+            # dedupe makes that harmless (Faust's take_events acks it on the way out).
+            for event in batch:
+                await stream.ack(event)
+    finally:
+        stream.enable_acks = acks_were
+        stream._processors.remove(buffer)
