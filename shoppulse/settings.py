@@ -154,7 +154,11 @@ class Settings(BaseSettings):
 
     # Stream batching.
     batch_size: int = Field(1000, ge=1, description="Most events processed in one micro-batch.")
-    batch_window_ms: int = Field(10, ge=1, description="Longest wait of a batch's first event for more, when none are waiting.")
+    batch_window_ms: int = Field(
+        10,
+        ge=1,
+        description="Longest wait of a batch's first event for more, when none are waiting.",
+    )
 
     # Profiles.
     half_life_days: float = Field(
