@@ -289,7 +289,7 @@ def _run(config: EvalConfig, data: EvalData | None) -> ChurnReport:
     clock.lap("alerts")
     segments, clv = _segments_and_value(config, data, users, x, risks, cutoff)
     clock.lap("segments")
-    active, repeat = _subsets(x)
+    active, repeat = customer_subsets(x)
     return ChurnReport(
         config=config,
         title=data.title,
@@ -313,7 +313,7 @@ def _run(config: EvalConfig, data: EvalData | None) -> ChurnReport:
     )
 
 
-def _subsets(x: FloatArray) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
+def customer_subsets(x: FloatArray) -> tuple[NDArray[np.bool_], NDArray[np.bool_]]:
     """Active customers (an order in the last ACTIVE_DAYS) and repeat buyers (2+ orders)."""
     active = x[:, FEATURE_NAMES.index("recency_days")] <= ACTIVE_DAYS
     repeat = x[:, FEATURE_NAMES.index("orders_total")] >= REPEAT_ORDERS
@@ -383,7 +383,7 @@ def _score_rows(
     cutoff: float,
     compare_logistic: bool,
 ) -> list[Row]:
-    active, repeat = _subsets(x)
+    active, repeat = customer_subsets(x)
     scorers: dict[str, Callable[[], FloatArray]] = {
         MODEL_ROW: lambda: _model_risks(model, x),
     }

@@ -28,7 +28,7 @@ from aiokafka import AIOKafkaConsumer
 from rich.console import Console
 
 from models.als import TrainingError
-from models.churn import binary_metrics, build_training_set, training_cutoffs
+from models.churn import build_training_set, training_cutoffs
 from models.churn_features import DAY, FEATURE_NAMES, ChurnHistory, features_as_of
 from shoppulse import localstack
 from shoppulse.errors import ShopPulseError
@@ -38,7 +38,7 @@ from shoppulse.settings import Settings
 from shoppulse.simulator import PUBLISHED_SEEDS, ShopConfig, SimulatedShop, simulate_shop
 from stream.keys import Keys, Topics
 from stream.store import RedisStore, connect
-from workers.churn_eval import ACTIVE_DAYS, Row, _single_feature
+from workers.churn_eval import Row, _single_feature, customer_subsets, metric_row
 from workers.churn_train import ChurnTrainer
 from workers.live_eval import broker_for, evaluation_settings, settings_env, wait_for
 from workers.retrain import Retrainer
@@ -239,27 +239,13 @@ async def _score(
         [[features_as_of(histories[u], clock)[n] for n in FEATURE_NAMES] for u in users]
     ).reshape(len(users), len(FEATURE_NAMES))
     truth = np.asarray([shop.churned(u, cutoff, horizon) for u in users], dtype=np.bool_)
-    active = x[:, FEATURE_NAMES.index("recency_days")] <= ACTIVE_DAYS
+    active, repeat = customer_subsets(x)
     scorers = {
         "ShopPulse live (risk read from Redis)": np.asarray([risks[u] for u in users]),
         "recency alone": _single_feature(training, x, "recency_days"),
         "frequency alone": _single_feature(training, x, "orders_365d"),
     }
-    rows = []
-    for name, p in scorers.items():
-        everyone, recent = binary_metrics(truth, p), binary_metrics(truth[active], p[active])
-        rows.append(
-            Row(
-                name,
-                everyone["roc_auc"],
-                everyone["pr_auc"],
-                everyone["brier"],
-                everyone["log_loss"],
-                recent["roc_auc"],
-                recent["pr_auc"],
-                recent["brier"],
-            )
-        )
+    rows = [metric_row(name, truth, p, active, repeat) for name, p in scorers.items()]
     return rows, users, truth
 
 
