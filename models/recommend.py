@@ -174,7 +174,7 @@ class UserCandidates:
 
 
 @dataclass(slots=True)
-class _Scores:
+class SourceScores:
     """One source's scores for the batch as parallel arrays: user row, candidate column, value."""
 
     users: NDArray[np.int64]
@@ -205,7 +205,7 @@ def rank_batch(
     if not ids or n <= 0:
         return [[] for _ in users]
     index = {item_id: k for k, item_id in enumerate(ids)}  # column order is id order
-    builders: dict[str, Callable[[], _Scores]] = {
+    builders: dict[str, Callable[[], SourceScores]] = {
         "als": lambda: _als_scores(users, index),
         "category": lambda: _category_scores(users, category_items, index),
         "itemknn": lambda: _itemknn_scores(users, neighbours, index, half_life),
@@ -217,7 +217,7 @@ def rank_batch(
 
 
 def blend_scored(
-    sources: Mapping[str, _Scores],
+    sources: Mapping[str, SourceScores],
     weights: Mapping[str, float],
     excluded: tuple[NDArray[np.int64], NDArray[np.bool_]],
     user_count: int,
@@ -337,11 +337,11 @@ def _excluded_cells(
     return np.unique(_ints(keys)), columns
 
 
-def _als_scores(users: Sequence[UserCandidates], index: Mapping[str, int]) -> _Scores:
+def _als_scores(users: Sequence[UserCandidates], index: Mapping[str, int]) -> SourceScores:
     rows = [row for row, user in enumerate(users) for _ in user.als]
     cols = [index[item_id] for user in users for item_id in user.als]
     values = [score for user in users for score in user.als.values()]
-    return _Scores(_ints(rows), _ints(cols), np.asarray(values, dtype=np.float64))
+    return SourceScores(_ints(rows), _ints(cols), np.asarray(values, dtype=np.float64))
 
 
 def _itemknn_scores(
@@ -349,7 +349,7 @@ def _itemknn_scores(
     neighbours: Neighbours,
     index: Mapping[str, int],
     half_life: float,
-) -> _Scores:
+) -> SourceScores:
     """Votes (users x source items) times similarities (source items x candidates)."""
     position = neighbours.position
     vote_rows, vote_cols, votes = [], [], []
@@ -363,7 +363,7 @@ def _itemknn_scores(
                 vote_cols.append(position[item_id])
                 votes.append(weight * decay_factor(latest - ts, half_life))
     if not votes:
-        return _Scores(_ints([]), _ints([]), np.zeros(0))
+        return SourceScores(_ints([]), _ints([]), np.zeros(0))
     # Only the rows of sources some user votes for have all their neighbours among the
     # candidates; the others' columns are left empty.
     used = np.zeros(len(neighbours.sources), dtype=bool)
@@ -382,14 +382,14 @@ def _itemknn_scores(
     shape = (len(users), len(neighbours.sources))
     vote_matrix = sp.csr_matrix((votes, (vote_rows, vote_cols)), shape=shape)
     product = (vote_matrix @ similarity).tocoo()
-    return _Scores(product.row.astype(np.int64), product.col.astype(np.int64), product.data)
+    return SourceScores(product.row.astype(np.int64), product.col.astype(np.int64), product.data)
 
 
 def _category_scores(
     users: Sequence[UserCandidates],
     category_items: Mapping[str, Sequence[tuple[str, float]]],
     index: Mapping[str, int],
-) -> _Scores:
+) -> SourceScores:
     """Per user and item, the best ``affinity * relative popularity in the category``."""
     relative: dict[str, tuple[NDArray[np.int64], NDArray[np.float64]]] = {}
     row_parts, col_parts, value_parts = [], [], []
@@ -408,7 +408,7 @@ def _category_scores(
             col_parts.append(cols)
             value_parts.append(affinity * values)
     if not row_parts:
-        return _Scores(_ints([]), _ints([]), np.zeros(0))
+        return SourceScores(_ints([]), _ints([]), np.zeros(0))
     rows, cols = np.concatenate(row_parts), np.concatenate(col_parts)
     values = np.concatenate(value_parts)
     # An item in two favourite categories keeps its better score (a max, not a sum).
@@ -416,17 +416,17 @@ def _category_scores(
     rows, cols, values = rows[order], cols[order], values[order]
     first = np.ones(len(rows), dtype=bool)
     first[1:] = (rows[1:] != rows[:-1]) | (cols[1:] != cols[:-1])
-    return _Scores(rows[first], cols[first], values[first])
+    return SourceScores(rows[first], cols[first], values[first])
 
 
 def _popularity_scores(
     user_count: int, popularity: Sequence[tuple[str, float]], index: Mapping[str, int]
-) -> _Scores:
+) -> SourceScores:
     scores = log_scores_to_relative(popularity)
     cols = _ints([index[i] for i in scores])
     values = np.fromiter(scores.values(), dtype=np.float64, count=len(scores))
     rows = np.repeat(np.arange(user_count, dtype=np.int64), len(cols))
-    return _Scores(rows, np.tile(cols, user_count), np.tile(values, user_count))
+    return SourceScores(rows, np.tile(cols, user_count), np.tile(values, user_count))
 
 
 def _ints(values: Sequence[int]) -> NDArray[np.int64]:
