@@ -27,6 +27,9 @@ from stream.keys import Keys
 from stream.model_store import KIND_ALS
 
 ALERTS_KEPT = 1000  # length of the {ns}:alerts list (newest first)
+# Neighbour ranks (sim:i scores) are stored as whole numbers: the rank times this, rounded.
+# Integer scores are what Redis stores and formats fastest (commit_batch.lua says why).
+NEIGHBOUR_RANK_SCALE = 2**20
 ALERT_LEASE_SECONDS = 30.0  # an alert not confirmed on Kafka this long after it is written
 # (or claimed) may be sent by any worker: at least once, never lost with a crashed writer
 
@@ -142,6 +145,7 @@ class RedisStore:
             "cooc_cap": params.cooc_cap,
             "k": params.k,
             "shrinkage": params.shrinkage,
+            "rank_scale": NEIGHBOUR_RANK_SCALE,
             "stats_key": keys.stats(),
             "applied": counts[0],
             "duplicates": counts[1],

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from shoppulse import localstack
+from stream.store import NEIGHBOUR_RANK_SCALE
 from tests.integration.conftest import REDIS_URL, Stack
 
 pytestmark = pytest.mark.integration
@@ -124,7 +125,7 @@ async def test_item_similarities_are_shrunk_cosine_of_co_interactions(stack: Sta
     norm = float(await stack.redis.hget(stack.keys.item_norms(), "B2"))
     assert set(neighbours) == {"B1", "B3", "B4"}
     for other in ("B3", "B4"):
-        assert neighbours[other] / math.sqrt(norm) == pytest.approx(0.75)
+        assert neighbours[other] / NEIGHBOUR_RANK_SCALE / math.sqrt(norm) == pytest.approx(0.75)
 
 
 async def test_users_with_different_tastes_get_different_recommendations(stack: Stack) -> None:

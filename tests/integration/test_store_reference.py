@@ -19,7 +19,7 @@ from models.decay import log_score_to_weight
 from shoppulse.settings import Settings
 from stream.keys import Topics
 from stream.processor import Processor, RawEvent
-from stream.store import RedisStore
+from stream.store import NEIGHBOUR_RANK_SCALE, RedisStore
 from tests.integration.conftest import processor_for
 
 pytestmark = pytest.mark.integration
@@ -177,6 +177,13 @@ async def processor(redis_url: str) -> AsyncIterator[Processor]:
         yield built
 
 
+def stored_rank(count: float, other_norm: float, shrinkage: float) -> float:
+    """The score sim:i holds for neighbour j: C / sqrt(N[j]) * C / (C + shrinkage), stored as a
+    whole number of 1 / NEIGHBOUR_RANK_SCALE (rounded half up, as commit_batch.lua does)."""
+    rank = count / math.sqrt(other_norm) * count / (count + shrinkage)
+    return float(math.floor(rank * NEIGHBOUR_RANK_SCALE + 0.5))
+
+
 def kept_neighbours(
     events: list[dict[str, Any]], settings: Settings, batch_sizes: list[int]
 ) -> dict[str, dict[str, float]]:
@@ -200,7 +207,7 @@ def kept_neighbours(
         for i, row in cooc.items():
             for j, c in row.items():
                 if c > before.get(i, {}).get(j, 0.0):
-                    kept[i][j] = c / math.sqrt(norms[j]) * c / (c + s)
+                    kept[i][j] = stored_rank(c, norms[j], s)
         before = {i: dict(row) for i, row in cooc.items()}
         for row in kept.values():
             for j, _ in sorted(row.items(), key=lambda kv: (kv[1], kv[0]))[: max(0, len(row) - k)]:
@@ -309,5 +316,5 @@ async def test_each_item_keeps_its_k_best_neighbours(
         assert kept[item] == pytest.approx(expected.get(item, {}), rel=1e-12), item
         assert len(kept[item]) == min(k, len(counts[item])), item
         if not batch_sizes:  # fresh ranks: the K best of every pair by the final C and N
-            ranks = {j: c / math.sqrt(norms[j]) * c / (c + s) for j, c in counts[item].items()}
+            ranks = {j: stored_rank(c, norms[j], s) for j, c in counts[item].items()}
             assert set(kept[item]) == set(sorted(ranks, key=lambda j: (ranks[j], j))[-k:]), item
