@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 import faust
 import orjson
@@ -22,14 +24,17 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shoppulse.settings import Settings
 from stream.keys import Keys, Topics
-from stream.metrics import METRICS, Metrics, timed_batch
+from stream.metrics import METRICS, Metrics, record_batch
 from stream.model_store import ModelStore
-from stream.processor import BatchOutcome, Processor, RawEvent, dead_letter
+from stream.pipeline import TwoStagePipeline
+from stream.processor import AppliedBatch, BatchOutcome, Processor, RawEvent, dead_letter
 from stream.store import RedisStore, connect
-from stream.transport import faust_app, faust_worker, take_batches
+from stream.transport import acknowledge, faust_app, faust_worker, take_batches
 from stream.web import register_web
 
 log = logging.getLogger(__name__)
+
+R = TypeVar("R")
 
 RETRYABLE = (RedisConnectionError, RedisTimeoutError, BusyLoadingError, ConnectionError)
 MAX_BACKOFF = 5.0
@@ -47,7 +52,7 @@ def raw_event(event: Any) -> RawEvent:
     return RawEvent(message.topic, message.partition, message.offset, message.key, value)
 
 
-async def with_retry(work: Callable[[], Awaitable[BatchOutcome]]) -> BatchOutcome:
+async def with_retry(work: Callable[[], Awaitable[R]]) -> R:
     """Run ``work`` until Redis lets it finish: an outage delays a batch, never drops it."""
     delay = 0.1
     while True:
@@ -61,27 +66,45 @@ async def with_retry(work: Callable[[], Awaitable[BatchOutcome]]) -> BatchOutcom
 
 
 async def isolate_failures(
-    batch: Sequence[RawEvent], handle: Callable[[Sequence[RawEvent]], Awaitable[BatchOutcome]]
-) -> BatchOutcome:
-    """Process a batch; if it fails for a reason other than Redis being away, process its
-    events one by one so a single poisonous event is dead-lettered instead of the batch."""
+    batch: Sequence[RawEvent], handle: Callable[[Sequence[RawEvent]], Awaitable[AppliedBatch]]
+) -> AppliedBatch:
+    """Store a batch; if that fails for a reason other than Redis being away, store its events
+    one by one so a single poisonous event is dead-lettered instead of the batch."""
     try:
-        return await with_retry(lambda: handle(batch))
+        return await with_retry(partial(handle, batch))
     except Exception:
         log.exception("batch of %d events failed; isolating the culprit", len(batch))
-    total = BatchOutcome()
+    total = AppliedBatch(BatchOutcome())
     for raw in batch:
         try:
-            outcome = await with_retry(lambda raw=raw: handle([raw]))  # type: ignore[misc]
+            part = await with_retry(partial(handle, [raw]))
         except Exception as exc:
             log.exception("event %s[%d]@%d failed", raw.topic, raw.partition, raw.offset)
-            outcome = BatchOutcome(dead_letters=[dead_letter(raw, f"internal error: {exc!r}")])
-        total.recommendations += outcome.recommendations
-        total.dead_letters += outcome.dead_letters
-        total.alerts += outcome.alerts
-        total.applied += outcome.applied
-        total.duplicates += outcome.duplicates
+            part = AppliedBatch(
+                BatchOutcome(dead_letters=[dead_letter(raw, f"internal error: {exc!r}")])
+            )
+        total.merge(part)
     return total
+
+
+async def refresh_isolated(processor: Processor, applied: AppliedBatch) -> None:
+    """Refresh a stored batch's lists; if that fails for a reason other than Redis being away,
+    refresh its users one by one, so one user's failure costs only that user's list (their
+    events are stored; their next event refreshes it)."""
+    try:
+        await with_retry(partial(processor.refresh_applied, applied))
+        return
+    except Exception:
+        log.exception("refreshing %d users failed; isolating the culprit", len(applied.records))
+    documents: list[dict[str, Any]] = []
+    for record in applied.records:
+        alone = AppliedBatch(BatchOutcome(), [record], applied.clock)
+        try:
+            await with_retry(partial(processor.refresh_applied, alone))
+        except Exception:
+            log.exception("refreshing user %s failed; their list is left as it was", record.user_id)
+        documents += alone.outcome.recommendations
+    applied.outcome.recommendations = documents
 
 
 async def send_alerts(
@@ -146,19 +169,45 @@ def create_app(settings: Settings) -> faust.App:
     async def publish_alerts(alerts: list[dict[str, Any]]) -> None:
         await send_alerts(alerts, send_alert, confirm_alerts)
 
+    async def run_batches(
+        stream: Any,
+        agent: str,
+        store: Callable[[Sequence[RawEvent]], Awaitable[AppliedBatch]],
+        refresh: bool,
+    ) -> None:
+        """Take micro-batches and run each through two stages (stream/pipeline.py): storing its
+        events, then refreshing its users' lists, publishing and acking; the next batch is
+        stored while the previous one finishes."""
+        pipeline: TwoStagePipeline[AppliedBatch] = TwoStagePipeline()
+        try:
+            async for events in take_batches(stream, settings.batch_size, settings.batch_window):
+                batch = [raw_event(event) for event in events]
+                started = time.perf_counter()
+
+                async def finish(
+                    applied: AppliedBatch, events: list[Any] = events, started: float = started
+                ) -> None:
+                    if refresh:
+                        await refresh_isolated(processor(), applied)
+                    record_batch(agent, events, applied.outcome, started)
+                    await publish(applied.outcome)
+                    await acknowledge(stream, events)
+
+                await pipeline.submit(partial(isolate_failures, batch, store), finish)
+            await pipeline.join()
+        finally:
+            await pipeline.close()
+
     @app.agent(user_events, name="user-events")
     async def process_user_events(stream: Any) -> None:
-        async for events in take_batches(stream, settings.batch_size, settings.batch_window):
-            batch = [raw_event(event) for event in events]
-            outcome = isolate_failures(batch, processor().process_user_events)
-            await publish(await timed_batch("user-events", events, outcome))
+        await run_batches(stream, "user-events", processor().apply_user_events, refresh=True)
 
     @app.agent(catalog_events, name="catalog")
     async def process_catalog(stream: Any) -> None:
-        async for events in take_batches(stream, settings.batch_size, settings.batch_window):
-            batch = [raw_event(event) for event in events]
-            outcome = isolate_failures(batch, processor().process_catalog)
-            await publish(await timed_batch("catalog", events, outcome))
+        async def store(batch: Sequence[RawEvent]) -> AppliedBatch:
+            return AppliedBatch(await processor().process_catalog(batch))
+
+        await run_batches(stream, "catalog", store, refresh=False)
 
     @app.timer(1.0)  # type: ignore[untyped-decorator]  # faust leaves timer untyped
     async def publish_churn_alerts() -> None:

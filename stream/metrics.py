@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter as Tally
-from collections.abc import Awaitable, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import SecretStr
@@ -24,10 +24,9 @@ __all__ = [
     "REASON_CLASSES",
     "Metrics",
     "reason_class",
-    "timed_batch",
+    "record_batch",
 ]
 
-T = TypeVar("T")
 #: Prometheus text exposition format 0.0.4 (UTF-8; the web driver refuses a charset here).
 CONTENT_TYPE = "text/plain; version=0.0.4"
 
@@ -289,12 +288,10 @@ def batch_origin(events: Sequence[Any]) -> tuple[list[str], dict[str, list[float
     return topics, timestamps
 
 
-async def timed_batch(
-    agent: str, events: Sequence[Any], work: Awaitable[T], metrics: Metrics = METRICS
-) -> T:
-    """Await a batch's ``work`` (not started yet) and record it: the agents' one hook."""
-    started = time.perf_counter()
-    outcome = await work
+def record_batch(
+    agent: str, events: Sequence[Any], outcome: Any, started: float, metrics: Metrics = METRICS
+) -> None:
+    """Record a finished batch whose work began at ``started`` (``time.perf_counter()``): the
+    agents' one hook."""
     topics, timestamps = batch_origin(events)
     metrics.batch(agent, topics, outcome, time.perf_counter() - started, timestamps)
-    return outcome

@@ -62,6 +62,31 @@ class BatchOutcome:
     applied: int = 0
     duplicates: int = 0
 
+    def merge(self, other: BatchOutcome) -> None:
+        self.recommendations += other.recommendations
+        self.dead_letters += other.dead_letters
+        self.alerts += other.alerts
+        self.applied += other.applied
+        self.duplicates += other.duplicates
+
+
+@dataclass(slots=True)
+class AppliedBatch:
+    """A batch whose events are stored: what it produced so far, and the records of its users
+    as committed (with the batch's latest event time), for the refresh."""
+
+    outcome: BatchOutcome
+    records: list[UserRecord] = field(default_factory=list)
+    clock: float = 0.0
+
+    def merge(self, other: AppliedBatch) -> None:
+        """Add a later part of the same batch (events isolated one by one after a failure):
+        a user's latest record wins."""
+        self.outcome.merge(other.outcome)
+        latest = {record.user_id: record for record in [*self.records, *other.records]}
+        self.records = list(latest.values())
+        self.clock = max(self.clock, other.clock)
+
 
 def dead_letter(event: RawEvent, reason: str) -> dict[str, Any]:
     """The dead-letter document: where the event came from, why it failed, its exact bytes.
@@ -157,10 +182,19 @@ class Processor:
     ) -> BatchOutcome:
         """Apply a batch and (unless ``refresh`` is False: evaluation baselines only) recompute
         its users' recommendations."""
+        applied = await self.apply_user_events(raw_events)
+        if refresh:
+            await self.refresh_applied(applied)
+        return applied.outcome
+
+    async def apply_user_events(self, raw_events: Sequence[RawEvent]) -> AppliedBatch:
+        """The first half of a batch: decode, store and score its events. The agent runs it
+        for the next batch while :meth:`refresh_applied` finishes the previous one, so the
+        worker computes while Redis works."""
         outcome = BatchOutcome()
         events = self.decode_user_events(raw_events, outcome)
         if not events:
-            return outcome
+            return AppliedBatch(outcome)
         await self.follow_model()
         churn_model_changed = await self.churn.follow()
         records = await self._apply(events, outcome)
@@ -169,12 +203,16 @@ class Processor:
         # every customer is re-scored, by the one worker that claims it.
         now = max(clock, await self.store.clock() or clock)
         outcome.alerts += await self.churn.after_batch(now, churn_model_changed)
-        if not refresh:
-            return outcome
-        # Every user of the batch is refreshed, duplicates-only users too: if a previous
-        # attempt stored the events but died before the refresh, this one catches up.
-        outcome.recommendations = await self.refresh_recommendations(list(records.values()), clock)
-        return outcome
+        return AppliedBatch(outcome, list(records.values()), clock)
+
+    async def refresh_applied(self, applied: AppliedBatch) -> None:
+        """The second half: recompute the recommendations of every user of the batch, into
+        ``applied.outcome.recommendations``. Duplicates-only users are refreshed too: if a
+        previous attempt stored the events but died before the refresh, this one catches up."""
+        if applied.records:
+            applied.outcome.recommendations = await self.refresh_recommendations(
+                applied.records, applied.clock
+            )
 
     async def _apply(self, events: list[UserEvent], outcome: BatchOutcome) -> dict[str, UserRecord]:
         """Apply events to freshly read records and commit; re-read and redo on a conflict.

@@ -94,8 +94,8 @@ def use_fetch_wait(app: faust.App, fetch_max_wait_ms: int) -> None:
 
 
 async def take_batches(stream: Any, max_events: int, within: float) -> AsyncIterator[list[Any]]:
-    """Batches of up to ``max_events`` events of a Faust stream, each acked once the caller
-    asks for the next one.
+    """Batches of up to ``max_events`` events of a Faust stream, for the caller to
+    :func:`acknowledge` once it is done with each (two can be in flight: stream/pipeline.py).
 
     Faust's own ``Stream.take_events`` stops taking events in while the caller works on a
     batch, then waits up to ``within`` for the next one to fill: under a backlog every batch is
@@ -105,7 +105,9 @@ async def take_batches(stream: Any, max_events: int, within: float) -> AsyncIter
     load by themselves, up to ``max_events`` under a backlog, and stay small and quick when
     events trickle in (a first event waits at most ``within`` for company). Built like
     ``take_events``, on the same stream hooks (a processor that buffers each event, passive
-    iteration of the channel, acks turned off and done here)."""
+    iteration of the channel, acks turned off and left to the caller: a batch whose work was
+    cut short (cancelled at shutdown, or failed) stays unacked, so it is delivered again and
+    dedupe makes that harmless, where Faust's take_events acks it on the way out)."""
     pending: list[Any] = []
     arrived, full, room = asyncio.Event(), asyncio.Event(), asyncio.Event()
     room.set()
@@ -141,11 +143,12 @@ async def take_batches(stream: Any, max_events: int, within: float) -> AsyncIter
             full.clear()
             room.set()
             yield batch
-            # Acked only when the caller comes back for more: a batch whose work was cut short
-            # (cancelled at shutdown, or failed) is left unacked, so it is delivered again and
-            # dedupe makes that harmless (Faust's take_events acks it on the way out).
-            for event in batch:
-                await stream.ack(event)
     finally:
         stream.enable_acks = acks_were
         stream._processors.remove(buffer)
+
+
+async def acknowledge(stream: Any, events: list[Any]) -> None:
+    """Ack a batch from :func:`take_batches`: its offsets may be committed now."""
+    for event in events:
+        await stream.ack(event)
