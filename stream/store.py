@@ -11,11 +11,13 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
+from itertools import chain, compress
 from typing import Any
 
 import numpy as np
 import orjson
 import redis.asyncio as aioredis
+from numpy.typing import NDArray
 from redis.commands.core import AsyncScript
 
 from models.decay import log_forward_weight, logaddexp
@@ -327,13 +329,27 @@ class RedisStore:
             "extra": list(more_candidates),
         }
         reply = await self._candidates(args=[orjson.dumps(payload)])
-        popular, category_replies, members, counts, norm_ids, norms, out_of_stock = reply
-        norm_of = {str(i): float(n) for i, n in zip(norm_ids, norms, strict=True) if n}
+        popular, popular_oos, category_replies, categories_oos = reply[:4]
+        item_norms, members, counts, norms, members_oos, extra_oos = reply[4:]
+        out_of_stock = _flagged(_flat_members(popular), popular_oos)
+        for flat, flags in zip(category_replies, categories_oos, strict=True):
+            out_of_stock |= _flagged(_flat_members(flat), flags)
+        others = list(chain.from_iterable(members))
+        out_of_stock |= _flagged(others, list(chain.from_iterable(members_oos)))
+        out_of_stock |= _flagged(list(more_candidates), extra_oos)
         return RecommendationInputs(
-            _similarities(source_items, members, counts, norm_of, shrinkage),
+            _similarities(
+                source_items,
+                [len(found) for found in members],
+                others,
+                _numbers(item_norms, 0.0),
+                _numbers(list(chain.from_iterable(counts)), np.nan),
+                _numbers(list(chain.from_iterable(norms)), 0.0),
+                shrinkage,
+            ),
             _score_pairs(popular),
             {c: _score_pairs(flat) for c, flat in zip(categories, category_replies, strict=True)},
-            {str(item_id) for item_id in out_of_stock},
+            out_of_stock,
         )
 
     async def write_recommendations(
@@ -379,28 +395,45 @@ def _score_pairs(flat: Sequence[Any]) -> list[tuple[str, float]]:
     return list(zip(map(str, flat[0::2]), scores.tolist(), strict=True))
 
 
+def _flat_members(flat: Sequence[Any]) -> list[str]:
+    """The members of a flat ``member, score, ...`` reply."""
+    return list(flat[0::2])
+
+
+def _flagged(members: Sequence[str], flags: Sequence[int]) -> set[str]:
+    """The members whose SMISMEMBER flag is set."""
+    return set(compress(members, flags))
+
+
+def _numbers(replies: list[Any], missing: float) -> NDArray[np.float64]:
+    """Numbers from Redis's text replies (None, for a missing field or member, becomes
+    ``missing``), parsed by numpy in one pass."""
+    if None in replies:
+        replies = [missing if reply is None else reply for reply in replies]
+    return np.array(replies, dtype=np.float64)
+
+
 def _similarities(
     items: Sequence[str],
-    members: Sequence[Sequence[Any]],
-    counts: Sequence[Sequence[Any]],
-    norms: dict[str, float],
+    lengths: Sequence[int],
+    others: Sequence[str],
+    item_norms: NDArray[np.float64],
+    counts: NDArray[np.float64],
+    other_norms: NDArray[np.float64],
     shrinkage: float,
 ) -> Neighbours:
     """Each item's kept neighbours with their shrunk cosine from C and N as they are now, for
-    the whole batch in one array pass. Pairs whose count is gone (trimmed) are left out."""
-    others = [str(j) for neighbours in members for j in neighbours]
-    lengths = np.array([len(neighbours) for neighbours in members], dtype=np.int64)
-    count = np.array([c or "nan" for found in counts for c in found], dtype=np.float64)
-    item_norm = np.repeat([norms.get(i, 0.0) for i in items], lengths)
-    other_norm = np.array([norms.get(j, 0.0) for j in others], dtype=np.float64)
-    values = shrunk_cosine_array(count, item_norm, other_norm, shrinkage)
+    the whole batch in one array pass: item ``items[k]`` has the next ``lengths[k]`` pairs of
+    the flat ``others``, ``counts`` and ``other_norms``. Pairs whose count is gone (trimmed)
+    are left out."""
+    per_item = np.array(lengths, dtype=np.int64)
+    values = shrunk_cosine_array(counts, np.repeat(item_norms, per_item), other_norms, shrinkage)
     kept = values > 0.0
     # Per item, how many of its pairs are kept: the offsets of the flat arrays.
-    owner = np.repeat(np.arange(len(items)), lengths)
+    owner = np.repeat(np.arange(len(items)), per_item)
     kept_per_item = np.bincount(owner[kept], minlength=len(items))
     has_any = kept_per_item > 0
     starts = np.zeros(int(has_any.sum()) + 1, dtype=np.int64)
     np.cumsum(kept_per_item[has_any], out=starts[1:])
-    sources = [item for item, keep in zip(items, has_any.tolist(), strict=True) if keep]
-    kept_others = [other for other, keep in zip(others, kept.tolist(), strict=True) if keep]
-    return Neighbours(sources, starts, kept_others, values[kept])
+    sources = list(compress(items, has_any.tolist()))
+    return Neighbours(sources, starts, list(compress(others, kept.tolist())), values[kept])

@@ -7,68 +7,68 @@
 --   sim_prefix, cooc_prefix     key prefixes (ids appended) of the neighbour sets and of C
 --   norms_key                   the hash of N[i]
 --   out_of_stock, extra: [id]   the out-of-stock set, and candidates from elsewhere (ALS)
--- Returns {popularity, {category, ...}, {neighbours, ...}, {counts, ...}, norm_ids, norms,
--- out_of_stock}: popularity sorted sets as ZRANGE ... REV WITHSCORES gives them (member,
--- score, ...); for each item its kept neighbours j and C[i,j] now; N of every item named
--- (items and neighbours); and which of all the candidates seen are out of stock.
+-- Returns {popularity, popularity_oos, categories, categories_oos, item_norms, neighbours,
+-- counts, norms, neighbours_oos, extra_oos}:
+--   popularity (and each of categories) as ZRANGE ... REV WITHSCORES gives it (member, score,
+--   ...), with *_oos the SMISMEMBER flags of its members in the out-of-stock set;
+--   item_norms: N of each of items, in order;
+--   for each of items: its kept neighbours j, C[i,j] now, N[j] now, and their out-of-stock
+--   flags, each a list in the order of the neighbours;
+--   extra_oos: the out-of-stock flags of extra.
 --
 -- The similarity is computed by the reader from C and N as they are now: the score a
 -- neighbour set holds was computed when the pair last changed, and N[j] may have grown since.
 --
--- One script instead of a pipeline of one ZRANGE per item: the client's cost is per command,
--- and a batch reads the neighbours of hundreds of items.
+-- Replies are returned as Redis gives them, per item: no loop over members here. A Lua loop
+-- costs more per member than the commands themselves, and the reader flattens and parses the
+-- lists with numpy in one pass.
 
 local p = cjson.decode(ARGV[1])
 local CHUNK = 1000 -- arguments per command, well inside Lua's stack
 
--- A list of distinct members, in the order first added, and the function that adds to it.
-local function distinct()
-  local seen, members = {}, {}
-  return members, function(member)
-    if not seen[member] then
-      seen[member] = true
-      members[#members + 1] = member
-    end
-  end
-end
-local candidates, note = distinct() -- every candidate seen, for the out-of-stock check
-local norm_ids, name = distinct() -- every item whose norm the similarities need
-
-local function best(key, count)
-  local flat = redis.call('ZRANGE', key, 0, count - 1, 'REV', 'WITHSCORES')
-  for n = 1, #flat, 2 do note(flat[n]) end
-  return flat
-end
-
-local function chunked(command, key, ids, each)
+-- One command per chunk of ids; the replies concatenated in order.
+local function chunked(command, key, ids)
+  if #ids <= CHUNK then return redis.call(command, key, unpack(ids)) end
+  local all = {}
   for first = 1, #ids, CHUNK do
-    local last = math.min(first + CHUNK - 1, #ids)
-    local reply = redis.call(command, key, unpack(ids, first, last))
-    for n = 1, #reply do each(first + n - 1, reply[n]) end
+    local reply = redis.call(command, key, unpack(ids, first, math.min(first + CHUNK - 1, #ids)))
+    for n = 1, #reply do all[#all + 1] = reply[n] end
   end
+  return all
 end
 
-local popularity = best(p.popularity, p.popular_n)
-local categories = {}
-for n, key in ipairs(p.categories) do categories[n] = best(key, p.popular_n) end
-local neighbours, counts = {}, {}
+-- Out-of-stock flags of the members of a flat member, score, ... list.
+local function flags_of_flat(flat)
+  local members = {}
+  for n = 1, #flat, 2 do members[#members + 1] = flat[n] end
+  if #members == 0 then return {} end
+  return chunked('SMISMEMBER', p.out_of_stock, members)
+end
+
+local popularity = redis.call('ZRANGE', p.popularity, 0, p.popular_n - 1, 'REV', 'WITHSCORES')
+local categories, categories_oos = {}, {}
+for n, key in ipairs(p.categories) do
+  categories[n] = redis.call('ZRANGE', key, 0, p.popular_n - 1, 'REV', 'WITHSCORES')
+  categories_oos[n] = flags_of_flat(categories[n])
+end
+
+local item_norms = {}
+if #p.items > 0 then item_norms = chunked('HMGET', p.norms_key, p.items) end
+local neighbours, counts, norms, neighbours_oos = {}, {}, {}, {}
 for n, item in ipairs(p.items) do
-  name(item)
   local members = redis.call('ZRANGE', p.sim_prefix .. item, 0, -1)
-  local found = {}
-  chunked('ZMSCORE', p.cooc_prefix .. item, members, function(m, count) found[m] = count end)
-  for _, member in ipairs(members) do
-    note(member)
-    name(member)
+  neighbours[n] = members
+  if #members > 0 then
+    counts[n] = chunked('ZMSCORE', p.cooc_prefix .. item, members)
+    norms[n] = chunked('HMGET', p.norms_key, members)
+    neighbours_oos[n] = chunked('SMISMEMBER', p.out_of_stock, members)
+  else
+    counts[n], norms[n], neighbours_oos[n] = {}, {}, {}
   end
-  neighbours[n], counts[n] = members, found
 end
-for _, member in ipairs(p.extra) do note(member) end
-
-local norms = {}
-chunked('HMGET', p.norms_key, norm_ids, function(n, value) norms[n] = value end)
-local out_of_stock = {}
-chunked('SMISMEMBER', p.out_of_stock, candidates, function(n, flag)
-  if flag == 1 then out_of_stock[#out_of_stock + 1] = candidates[n] end
-end)
-return {popularity, categories, neighbours, counts, norm_ids, norms, out_of_stock}
+local extra_oos = {}
+if #p.extra > 0 then extra_oos = chunked('SMISMEMBER', p.out_of_stock, p.extra) end
+return {
+  popularity, flags_of_flat(popularity), categories, categories_oos,
+  item_norms, neighbours, counts, norms, neighbours_oos, extra_oos,
+}
