@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from models.decay import decayed_add, decayed_value_at
@@ -203,10 +204,10 @@ class UserRecord:
         if weight <= 0.0:
             return
         recent: list[list[Any]] = self.state["recent"]
-        position = next((n for n, entry in enumerate(recent) if entry[0] == item_id), None)
+        ids = list(map(itemgetter(0), recent))  # C-speed scans of up to recent_cap entries
         old, last_ts = 0.0, ts
-        if position is not None:
-            _, old_weight, old_ts = recent.pop(position)
+        if item_id in ids:
+            _, old_weight, old_ts = recent.pop(ids.index(item_id))
             old, last_ts = float(old_weight), max(ts, float(old_ts))
         new = min(old + weight, params.interaction_cap)
         window = ((entry[0], float(entry[1])) for entry in recent[: params.cooc_window])
@@ -401,9 +402,13 @@ class UserRecord:
         return bool(entry["status"] != "cancelled")
 
     # -- reading ------------------------------------------------------------------------------
-    def recent_items(self) -> list[tuple[str, float, float]]:
-        """``(item_id, weight, ts)`` most recent first."""
-        return [(str(e[0]), float(e[1]), float(e[2])) for e in self.state["recent"]]
+    def recent_items(self, limit: int | None = None) -> list[tuple[str, float, float]]:
+        """``(item_id, weight, ts)`` most recent first (the ``limit`` most recent if given)."""
+        return [(str(e[0]), float(e[1]), float(e[2])) for e in self.state["recent"][:limit]]
+
+    def recent_ids(self) -> set[str]:
+        """The ids of every kept interaction."""
+        return {str(e[0]) for e in self.state["recent"]}
 
     def purchased(self) -> set[str]:
         return set(self.state["purchased"])

@@ -13,6 +13,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+from itertools import compress
 from typing import NamedTuple
 
 import numpy as np
@@ -329,9 +330,11 @@ def _excluded_cells(
     users: Sequence[UserCandidates], index: Mapping[str, int], unavailable: AbstractSet[str]
 ) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
     width = len(index)
-    keys = [
-        row * width + index[i] for row, user in enumerate(users) for i in user.exclude if i in index
-    ]
+    keys: list[int] = []
+    known, column_of = index.__contains__, index.__getitem__  # map/filter: no bytecode per item
+    for row, user in enumerate(users):
+        offset = row * width
+        keys += [offset + col for col in map(column_of, filter(known, user.exclude))]
     columns = np.zeros(width, dtype=bool)
     columns[_ints([index[i] for i in unavailable if i in index])] = True
     return np.unique(_ints(keys)), columns
@@ -370,11 +373,7 @@ def _itemknn_scores(
     used[vote_cols] = True
     pair_used = np.repeat(used, np.diff(neighbours.starts))
     cols = np.zeros(len(neighbours.others), dtype=np.int64)
-    cols[pair_used] = [
-        index[other]
-        for other, keep in zip(neighbours.others, pair_used.tolist(), strict=True)
-        if keep
-    ]
+    cols[pair_used] = list(map(index.__getitem__, compress(neighbours.others, pair_used.tolist())))
     values = np.where(pair_used, neighbours.similarities, 0.0)
     similarity = sp.csr_matrix(
         (values, cols, neighbours.starts), shape=(len(neighbours.sources), len(index))

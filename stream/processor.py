@@ -367,7 +367,7 @@ class Processor:
             return []
         window = self.profile_params.cooc_window
         half_life = self.profile_params.half_life
-        recent = {r.user_id: r.recent_items()[:window] for r in records}
+        recent = {r.user_id: r.recent_items(window) for r in records}
         favourites = {r.user_id: r.top_categories(TOP_CATEGORIES, half_life) for r in records}
         als = self.als_candidates(records, clock, vectors)
         source_items = sorted({item for items in recent.values() for item, _, _ in items})
@@ -402,7 +402,7 @@ class Processor:
         of stock items are excluded for everyone (``rank_batch``'s ``unavailable``)."""
         exclude = record.purchased()
         if not self.settings.recommend_seen:
-            exclude |= {item for item, _, _ in record.recent_items()}
+            exclude |= record.recent_ids()
         return exclude
 
     def _document(
