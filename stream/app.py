@@ -1,9 +1,10 @@
 """The Faust app: thin agents that hand micro-batches to the :class:`Processor`.
 
 One agent reads clicks and orders together (both keyed by user, so one user's events are
-handled by one worker, in order); another reads the catalog. Each batch is one Redis script
-plus a few pipelined reads; Kafka offsets are acknowledged only after the batch is stored, so
-a crash means redelivery, which dedupe turns into no-ops.
+handled by one worker, in order); another reads the catalog. Each batch is stored (one commit
+script plus a few pipelined reads), then its users' lists are refreshed and published, the
+refresh overlapping the next batch's storing (stream/pipeline.py). Kafka offsets are
+acknowledged only after both, so a crash means redelivery, which dedupe turns into no-ops.
 """
 
 from __future__ import annotations
