@@ -772,13 +772,26 @@ def report_table(report: Mapping[str, Any]) -> Table:
         _mib(memory["shoppulse_worker"]["rss_bytes"]),
         f"bare: {_mib(memory['bare_worker']['rss_bytes'])}",
     )
+    # Per-event cost under a steady load, where batches are smaller than in the drain: why
+    # latency at a fraction of the drain rate can be close to saturation.
+    under_load = {
+        kind: "".join(
+            f"; at {p['load_fraction']:.0%} load: "
+            + _fmt(p.get(f"{kind}_cpu_seconds_per_1k_events"), " s/1k ev", 3)
+            for p in report["latency"]["shoppulse"]
+        )
+        for kind in ("worker", "redis")
+    }
     table.add_row(
         "worker CPU",
         _fmt(cpu["shoppulse_worker_seconds_per_1k_events"], " s/1k ev", 3),
-        f"bare: {_fmt(cpu['bare_worker_seconds_per_1k_events'], ' s/1k ev', 3)}",
+        f"bare: {_fmt(cpu['bare_worker_seconds_per_1k_events'], ' s/1k ev', 3)}"
+        + under_load["worker"],
     )
     table.add_row(
-        "Redis CPU", _fmt(cpu["redis_seconds_per_1k_events"], " s/1k ev", 3), "during the drain"
+        "Redis CPU",
+        _fmt(cpu["redis_seconds_per_1k_events"], " s/1k ev", 3),
+        "during the drain" + under_load["redis"],
     )
     machine = report["machine"]
     loads = [machine.get("load_average_at_start"), machine.get("load_average_at_end")]

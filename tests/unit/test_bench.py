@@ -328,6 +328,8 @@ def _phase(fraction: float, p99: float) -> dict[str, Any]:
         "catch_up_seconds": 0.1,
         "timed_out": 0,
         "latency": {"count": 100, "censored": 0, "p50_ms": 40.0, "p95_ms": 80.0, "p99_ms": p99},
+        "worker_cpu_seconds_per_1k_events": 0.7 + fraction,
+        "redis_cpu_seconds_per_1k_events": 0.2 + fraction,
     }
 
 
@@ -389,6 +391,9 @@ def test_the_table_renders_every_figure() -> None:
         assert label in text
     assert "10,000 ev/s" in text
     assert "100.0 MiB" in text
+    # CPU per event under each steady load, beside the drain's: small batches cost more.
+    assert "at 50% load: 1.200 s/1k ev; at 80% load: 1.500 s/1k ev" in text
+    assert "at 50% load: 0.700 s/1k ev; at 80% load: 1.000 s/1k ev" in text
 
 
 def test_the_bare_worker_reads_the_user_topics_in_its_own_group() -> None:
