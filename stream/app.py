@@ -195,7 +195,9 @@ def create_app(settings: Settings) -> faust.App:
                     await publish(applied.outcome)
                     await acknowledge(stream, events)
 
-                await pipeline.submit(partial(isolate_failures, batch, store), finish)
+                # Overlap only under a backlog (a full batch): see stream/pipeline.py.
+                backlog = len(events) >= settings.batch_size
+                await pipeline.submit(partial(isolate_failures, batch, store), finish, backlog)
             await pipeline.join()
         finally:
             await pipeline.close()
