@@ -54,6 +54,11 @@ class Keys:
         """Top-K most similar items with their similarity (sorted set)."""
         return f"{self.ns}:sim:{_require_id(item_id)}"
 
+    def neighbour_counts(self, item_id: str) -> str:
+        """C[i, j] of exactly the neighbours ``neighbours(i)`` keeps (hash j -> count): what a
+        read needs of them in one command (the counts themselves live in ``cooccurrence``)."""
+        return f"{self.ns}:nbc:{_require_id(item_id)}"
+
     def category_popularity(self, category: str) -> str:
         """Items of one category by log decayed popularity (sorted set)."""
         return f"{self.ns}:catpop:{_require_id(category)}"

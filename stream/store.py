@@ -36,8 +36,10 @@ ALERT_LEASE_SECONDS = 30.0  # an alert not confirmed on Kafka this long after it
 # (or claimed) may be sent by any worker: at least once, never lost with a crashed writer
 
 
-def _lua(name: str) -> str:
-    return resources.files("stream").joinpath("lua", name).read_text(encoding="utf-8")
+def _lua(name: str, *shared: str) -> str:
+    """A script's text, after the ``shared`` files it uses (function definitions)."""
+    folder = resources.files("stream").joinpath("lua")
+    return "\n".join(folder.joinpath(part).read_text(encoding="utf-8") for part in (*shared, name))
 
 
 def connect(url: str, decode: bool = True) -> aioredis.Redis:
@@ -71,10 +73,14 @@ class RedisStore:
     def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
         self.client = client
         self.keys = keys
-        self._commit: AsyncScript = client.register_script(_lua("commit_batch.lua"))
+        self._commit: AsyncScript = client.register_script(
+            _lua("commit_batch.lua", "neighbour_counts.lua")
+        )
         self._catalog: AsyncScript = client.register_script(_lua("upsert_catalog.lua"))
         self._scores: AsyncScript = client.register_script(_lua("commit_scores.lua"))
-        self._candidates: AsyncScript = client.register_script(_lua("read_candidates.lua"))
+        self._candidates: AsyncScript = client.register_script(
+            _lua("read_candidates.lua", "neighbour_counts.lua")
+        )
         self._claim_alerts: AsyncScript = client.register_script(_lua("claim_alerts.lua"))
         self._write_recs: AsyncScript = client.register_script(_lua("write_recs.lua"))
 
@@ -139,6 +145,7 @@ class RedisStore:
             "cooc": [[i, pairs] for i, pairs in by_item.items()],
             "cooc_prefix": keys.prefix_of(keys.cooccurrence),
             "sim_prefix": keys.prefix_of(keys.neighbours),
+            "nbc_prefix": keys.prefix_of(keys.neighbour_counts),
             "pop": self._popularity_updates(deltas, params.popularity_half_life),
             "norms_key": keys.item_norms(),
             "users_key": keys.users(),
@@ -322,6 +329,7 @@ class RedisStore:
             "popular_n": popular_n,
             "categories": [keys.category_popularity(c) for c in categories],
             "items": list(source_items),
+            "nbc_prefix": keys.prefix_of(keys.neighbour_counts),
             "sim_prefix": keys.prefix_of(keys.neighbours),
             "cooc_prefix": keys.prefix_of(keys.cooccurrence),
             "norms_key": keys.item_norms(),
@@ -330,21 +338,24 @@ class RedisStore:
         }
         reply = await self._candidates(args=[orjson.dumps(payload)])
         popular, popular_oos, category_replies, categories_oos = reply[:4]
-        item_norms, members, counts, norms, members_oos, extra_oos = reply[4:]
+        item_norms, counts, others, other_norms, others_oos, extra_oos = reply[4:]
         out_of_stock = _flagged(_flat_members(popular), popular_oos)
         for flat, flags in zip(category_replies, categories_oos, strict=True):
             out_of_stock |= _flagged(_flat_members(flat), flags)
-        others = list(chain.from_iterable(members))
-        out_of_stock |= _flagged(others, list(chain.from_iterable(members_oos)))
+        out_of_stock |= _flagged(others, others_oos)
         out_of_stock |= _flagged(list(more_candidates), extra_oos)
+        pairs = list(chain.from_iterable(counts))  # j, C[i,j], ... for each item in turn
+        paired = pairs[0::2]
+        position = {other: k for k, other in enumerate(others)}
+        paired_norms = _numbers(other_norms, 0.0)[list(map(position.__getitem__, paired))]
         return RecommendationInputs(
             _similarities(
                 source_items,
-                [len(found) for found in members],
-                others,
+                [len(flat) // 2 for flat in counts],
+                paired,
                 _numbers(item_norms, 0.0),
-                _numbers(list(chain.from_iterable(counts)), np.nan),
-                _numbers(list(chain.from_iterable(norms)), 0.0),
+                _numbers(pairs[1::2], np.nan),
+                paired_norms,
                 shrinkage,
             ),
             _score_pairs(popular),
@@ -424,8 +435,8 @@ def _similarities(
 ) -> Neighbours:
     """Each item's kept neighbours with their shrunk cosine from C and N as they are now, for
     the whole batch in one array pass: item ``items[k]`` has the next ``lengths[k]`` pairs of
-    the flat ``others``, ``counts`` and ``other_norms``. Pairs whose count is gone (trimmed)
-    are left out."""
+    the flat ``others``, ``counts`` and ``other_norms``. Pairs of no positive similarity are
+    left out."""
     per_item = np.array(lengths, dtype=np.int64)
     values = shrunk_cosine_array(counts, np.repeat(item_norms, per_item), other_norms, shrinkage)
     kept = values > 0.0

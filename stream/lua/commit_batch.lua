@@ -5,7 +5,8 @@
 --   norms:  [[item, delta]]                 increments of N[i] = sum_u r[u,i]^2
 --   cooc:   [[i, [[j, delta], ...]]]        increments of C[i,j]
 --   pop:    [[zset_key, [[item, log_weight], ...]]]  log forward-decayed popularity, per set
---   cooc_prefix, sim_prefix                 key prefixes (ids appended) of C and of neighbours
+--   cooc_prefix, sim_prefix, nbc_prefix     key prefixes (ids appended) of C, of neighbours and
+--                                           of the neighbours' counts (neighbour_counts.lua)
 --   norms_key, users_key, clock_key, clock, cooc_cap, k, shrinkage
 --   rank_scale                              neighbour ranks are stored times this, rounded
 --   stats_key, applied, duplicates          counters of events applied and skipped as duplicates
@@ -109,13 +110,19 @@ end)
 -- integer scores far faster than other doubles (a quarter of this script's time went to
 -- them), and ranks closer than 1 / rank_scale only ever decide near-ties. C[i,j] is read,
 -- added to and written back in double precision, exactly as ZINCRBY would.
+-- nbc:i follows sim:i: whatever leaves sim:i (its count trimmed, or pushed out of the top K)
+-- leaves nbc:i, and every re-ranked pair still kept has its count written there. (Only those:
+-- most re-ranked pairs fall out of the top K at once, and every write into a small hash or
+-- sorted set rewrites its listpack.)
 for _, entry in ipairs(p.cooc) do
   local cooc_key = p.cooc_prefix .. entry[1]
   local sim_key = p.sim_prefix .. entry[1]
+  local nbc_key = p.nbc_prefix .. entry[1]
+  adopt_neighbour_counts(sim_key, cooc_key, nbc_key)
   local members = {}
   for n, pair in ipairs(entry[2]) do members[n] = pair[1] end
   local stored = read_scores(cooc_key, members)
-  local counts, similarities = {}, {}
+  local counts, similarities, ranked = {}, {}, {}
   for n, pair in ipairs(entry[2]) do
     local count = (stored[n] or 0) + pair[2]
     counts[#counts + 1] = count
@@ -125,17 +132,34 @@ for _, entry in ipairs(p.cooc) do
       local rank = count / math.sqrt(norm) * count / (count + p.shrinkage)
       similarities[#similarities + 1] = math.floor(rank * p.rank_scale + 0.5)
       similarities[#similarities + 1] = pair[1]
+      ranked[#ranked + 1] = {pair[1], count}
+    elseif redis.call('ZSCORE', sim_key, pair[1]) then -- kept with its old rank: new count
+      ranked[#ranked + 1] = {pair[1], count}
     end
   end
   write_scores(cooc_key, counts)
   write_scores(sim_key, similarities)
   -- A pair whose count is dropped stops being a neighbour: readers compute similarities from
   -- the counts (read_candidates.lua), so a neighbour must never outlive its count.
-  local dropped = trim(cooc_key, p.cooc_cap)
-  each_chunk(dropped, 1, function(first, last)
-    redis.call('ZREM', sim_key, unpack(dropped, first, last))
+  local gone = trim(cooc_key, p.cooc_cap)
+  each_chunk(gone, 1, function(first, last)
+    redis.call('ZREM', sim_key, unpack(gone, first, last))
   end)
-  trim(sim_key, p.k)
+  for _, member in ipairs(trim(sim_key, p.k)) do gone[#gone + 1] = member end
+  local is_gone, kept_counts = {}, {}
+  for _, member in ipairs(gone) do is_gone[member] = true end
+  for _, pair in ipairs(ranked) do
+    if not is_gone[pair[1]] then
+      kept_counts[#kept_counts + 1] = pair[1]
+      kept_counts[#kept_counts + 1] = pair[2]
+    end
+  end
+  each_chunk(kept_counts, 2, function(first, last)
+    redis.call('HSET', nbc_key, unpack(kept_counts, first, last))
+  end)
+  each_chunk(gone, 1, function(first, last)
+    redis.call('HDEL', nbc_key, unpack(gone, first, last))
+  end)
 end
 
 -- Popularity: log forward-decayed scores, merged with the stored ones by log-add-exp.

@@ -4,24 +4,27 @@
 --   popularity, popular_n       the overall popularity sorted set and how many of its best
 --   categories: [key]           per-category popularity sorted sets (popular_n best of each)
 --   items: [id]                 the items whose neighbours to read
---   sim_prefix, cooc_prefix     key prefixes (ids appended) of the neighbour sets and of C
+--   nbc_prefix                  key prefix (ids appended) of the neighbours' counts
+--   sim_prefix, cooc_prefix     key prefixes of the neighbour sets and of C (neighbour_counts.lua)
 --   norms_key                   the hash of N[i]
 --   out_of_stock, extra: [id]   the out-of-stock set, and candidates from elsewhere (ALS)
--- Returns {popularity, popularity_oos, categories, categories_oos, item_norms, neighbours,
--- counts, norms, neighbours_oos, extra_oos}:
+-- Returns {popularity, popularity_oos, categories, categories_oos, item_norms, counts, others,
+-- other_norms, others_oos, extra_oos}:
 --   popularity (and each of categories) as ZRANGE ... REV WITHSCORES gives it (member, score,
 --   ...), with *_oos the SMISMEMBER flags of its members in the out-of-stock set;
 --   item_norms: N of each of items, in order;
---   for each of items: its kept neighbours j, C[i,j] now, N[j] now, and their out-of-stock
---   flags, each a list in the order of the neighbours;
+--   counts: for each of items, its kept neighbours j and C[i,j] now, as HGETALL gives them
+--   (j, C, j, C, ...);
+--   others: every neighbour of those once, with other_norms (N[j] now) and others_oos (its
+--   out-of-stock flag) in the same order;
 --   extra_oos: the out-of-stock flags of extra.
 --
 -- The similarity is computed by the reader from C and N as they are now: the score a
 -- neighbour set holds was computed when the pair last changed, and N[j] may have grown since.
 --
--- Replies are returned as Redis gives them, per item: no loop over members here. A Lua loop
--- costs more per member than the commands themselves, and the reader flattens and parses the
--- lists with numpy in one pass.
+-- Replies are returned as Redis gives them: every element a script handles or returns costs
+-- more than the commands' own work, so each neighbour's norm and stock flag are read once per
+-- batch, however many of the batch's items keep it.
 
 local p = cjson.decode(ARGV[1])
 local CHUNK = 1000 -- arguments per command, well inside Lua's stack
@@ -54,21 +57,30 @@ end
 
 local item_norms = {}
 if #p.items > 0 then item_norms = chunked('HMGET', p.norms_key, p.items) end
-local neighbours, counts, norms, neighbours_oos = {}, {}, {}, {}
+local counts, others, seen = {}, {}, {}
 for n, item in ipairs(p.items) do
-  local members = redis.call('ZRANGE', p.sim_prefix .. item, 0, -1)
-  neighbours[n] = members
-  if #members > 0 then
-    counts[n] = chunked('ZMSCORE', p.cooc_prefix .. item, members)
-    norms[n] = chunked('HMGET', p.norms_key, members)
-    neighbours_oos[n] = chunked('SMISMEMBER', p.out_of_stock, members)
-  else
-    counts[n], norms[n], neighbours_oos[n] = {}, {}, {}
+  local nbc_key = p.nbc_prefix .. item
+  local flat = redis.call('HGETALL', nbc_key)
+  if #flat == 0 then
+    adopt_neighbour_counts(p.sim_prefix .. item, p.cooc_prefix .. item, nbc_key)
+    flat = redis.call('HGETALL', nbc_key)
+  end
+  counts[n] = flat
+  for k = 1, #flat, 2 do
+    local j = flat[k]
+    if not seen[j] then
+      seen[j] = true
+      others[#others + 1] = j
+    end
   end
 end
-local extra_oos = {}
+local other_norms, others_oos, extra_oos = {}, {}, {}
+if #others > 0 then
+  other_norms = chunked('HMGET', p.norms_key, others)
+  others_oos = chunked('SMISMEMBER', p.out_of_stock, others)
+end
 if #p.extra > 0 then extra_oos = chunked('SMISMEMBER', p.out_of_stock, p.extra) end
 return {
   popularity, flags_of_flat(popularity), categories, categories_oos,
-  item_norms, neighbours, counts, norms, neighbours_oos, extra_oos,
+  item_norms, counts, others, other_norms, others_oos, extra_oos,
 }

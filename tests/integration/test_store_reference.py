@@ -216,16 +216,22 @@ def kept_neighbours(
 
 
 async def deliver(
-    processor: Processor, events: list[dict[str, Any]], batch_sizes: list[int] = BATCH_SIZES
+    processor: Processor,
+    events: list[dict[str, Any]],
+    batch_sizes: list[int] = BATCH_SIZES,
+    catalog: bool = True,
 ) -> None:
-    """The catalog first, then the events in batches of different sizes."""
+    """The catalog first (unless told not to), then the events in batches of different sizes."""
     topics = Topics(processor.settings.namespace)
-    catalog = [
-        {"item_id": item, "ts": T0 - 3600, "category": category, "in_stock": True}
-        for item, category in CATEGORY.items()
-    ]
-    raw = [RawEvent(topics.catalog, 0, n, None, orjson.dumps(c)) for n, c in enumerate(catalog)]
-    assert (await processor.process_catalog(raw)).applied == len(catalog)
+    if catalog:
+        upserts = [
+            {"item_id": item, "ts": T0 - 3600, "category": category, "in_stock": True}
+            for item, category in CATEGORY.items()
+        ]
+        raw_catalog = [
+            RawEvent(topics.catalog, 0, n, None, orjson.dumps(c)) for n, c in enumerate(upserts)
+        ]
+        assert (await processor.process_catalog(raw_catalog)).applied == len(upserts)
     raw = [
         RawEvent(topic, 0, n, e["user_id"].encode(), orjson.dumps(e))
         for n, e in enumerate(events)
@@ -273,20 +279,74 @@ async def test_every_batch_delivered_twice_changes_nothing(processor: Processor)
     }
 
 
+async def neighbour_state(store: RedisStore) -> dict[str, dict[str, Any]]:
+    """Per item: its counts (cooc), kept neighbours (sim) and their counts (nbc), as stored."""
+    keys, client = store.keys, store.client
+    state: dict[str, dict[str, Any]] = {}
+    for item in ITEMS:
+        state[item] = {
+            "cooc": dict(await client.zrange(keys.cooccurrence(item), 0, -1, withscores=True)),
+            "sim": dict(await client.zrange(keys.neighbours(item), 0, -1, withscores=True)),
+            "nbc": {
+                j: float(c) for j, c in (await client.hgetall(keys.neighbour_counts(item))).items()
+            },
+        }
+    return state
+
+
+def assert_counts_follow_neighbours(state: Mapping[str, Mapping[str, Any]]) -> None:
+    """nbc:i holds C(i, j) of exactly the neighbours sim:i keeps, equal to cooc:i's."""
+    for item, kinds in state.items():
+        assert kinds["nbc"] == {j: kinds["cooc"][j] for j in kinds["sim"]}, item
+
+
 async def test_capped_state_keeps_no_neighbour_without_its_count(redis_url: str) -> None:
     """With small caps, what is trimmed from C(i, .) leaves i's neighbours too, and every item
-    keeps at most K neighbours and C of at most cooc_cap items."""
+    keeps at most K neighbours and C of at most cooc_cap items; the neighbours' counts follow."""
     async with processor_for(redis_url, cooc_cap=6, neighbours_k=4) as small:
         await deliver(small, event_stream())
-        keys, client = small.store.keys, small.store.client
-        trimmed = 0
-        for item in ITEMS:
-            counts = set(await client.zrange(keys.cooccurrence(item), 0, -1))
-            neighbours = set(await client.zrange(keys.neighbours(item), 0, -1))
-            assert len(counts) <= 6 and len(neighbours) <= 4
-            assert neighbours <= counts, item
-            trimmed += len(counts) == 6
-        assert trimmed > 10  # the caps were reached, so trimming was exercised
+        state = await neighbour_state(small.store)
+    trimmed = 0
+    for item, kinds in state.items():
+        assert len(kinds["cooc"]) <= 6 and len(kinds["sim"]) <= 4
+        assert set(kinds["sim"]) <= set(kinds["cooc"]), item
+        trimmed += len(kinds["cooc"]) == 6
+    assert trimmed > 10  # the caps were reached, so trimming was exercised
+    assert_counts_follow_neighbours(state)
+
+
+async def test_state_written_before_neighbour_counts_is_adopted(redis_url: str) -> None:
+    """State of the layout before nbc:i (sim:i and cooc:i only) is served as it was and then
+    kept as if it had always had nbc:i: a run whose nbc keys are deleted halfway (an upgrade)
+    ends with exactly the state of a run that kept them."""
+    events, half = event_stream(), 200
+    first, second = [1, 9, 40, 3, 75, 17], [120, 2, 60]
+    caps = {"cooc_cap": 6, "neighbours_k": 4}
+    async with (
+        processor_for(redis_url, **caps) as kept,
+        processor_for(redis_url, **caps) as upgraded,
+    ):
+        for run in (kept, upgraded):
+            await deliver(run, events[:half], first)
+        legacy = [
+            key async for key in upgraded.store.client.scan_iter(f"{upgraded.store.keys.ns}:nbc:*")
+        ]
+        assert len(legacy) > 10
+        await upgraded.store.client.delete(*legacy)
+        shrinkage = kept.settings.similarity_shrinkage
+        served = [
+            await run.store.recommendation_inputs(ITEMS, [], 1, shrinkage)
+            for run in (kept, upgraded)
+        ]
+        kept_now, upgraded_now = (
+            {i: dict(pairs) for i, pairs in s.neighbours.items()} for s in served
+        )
+        assert upgraded_now == kept_now
+        for run in (kept, upgraded):
+            await deliver(run, events[half:], second, catalog=False)
+        states = [await neighbour_state(run.store) for run in (kept, upgraded)]
+    assert states[1] == states[0]
+    assert_counts_follow_neighbours(states[1])
 
 
 @pytest.mark.parametrize("batch_sizes", [[], BATCH_SIZES], ids=["one batch", "batches"])
@@ -305,6 +365,7 @@ async def test_each_item_keeps_its_k_best_neighbours(
         for item in ITEMS:
             pairs = cast(Pairs, await client.zrange(keys.neighbours(item), 0, -1, withscores=True))
             kept[item] = dict(pairs)
+        assert_counts_follow_neighbours(await neighbour_state(small.store))
     expected = kept_neighbours(events, settings, batch_sizes)
     final = Interactions(settings)
     for e in events:

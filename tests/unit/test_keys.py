@@ -20,6 +20,7 @@ PER_ID: dict[str, Callable[[str], str]] = {
     "item": KEYS.item,
     "cooccurrence": KEYS.cooccurrence,
     "neighbours": KEYS.neighbours,
+    "neighbour_counts": KEYS.neighbour_counts,
     "category_popularity": KEYS.category_popularity,
 }
 SINGLETONS: dict[str, Callable[[], str]] = {
@@ -42,6 +43,7 @@ def test_per_id_keys_byte_for_byte() -> None:
     assert KEYS.item("i9") == "shop:item:i9"
     assert KEYS.cooccurrence("i9") == "shop:cooc:i9"
     assert KEYS.neighbours("i9") == "shop:sim:i9"
+    assert KEYS.neighbour_counts("i9") == "shop:nbc:i9"
     assert KEYS.category_popularity("shoes") == "shop:catpop:shoes"
 
 
