@@ -1226,7 +1226,12 @@ class _Bench:
         picked = rng.choice(n_items, min(samples, n_items), replace=False)
         items = [self.world.item_id(int(i)) for i in sorted(picked.tolist())]
         per_user_kinds = {"profile": keys.profile, "ustate": keys.user_state, "recs": keys.recs}
-        per_item_kinds = {"item": keys.item, "cooc": keys.cooccurrence, "sim": keys.neighbours}
+        per_item_kinds = {
+            "item": keys.item,
+            "cooc": keys.cooccurrence,
+            "sim": keys.neighbours,
+            "nbc": keys.neighbour_counts,
+        }
         user_sizes = await self._sizes(users, per_user_kinds)
         item_sizes = await self._sizes(items, per_item_kinds)
         categories = [self.world.category(c) for c in range(self.world.spec.categories)]
