@@ -83,6 +83,7 @@ class RedisStore:
         )
         self._claim_alerts: AsyncScript = client.register_script(_lua("claim_alerts.lua"))
         self._write_recs: AsyncScript = client.register_script(_lua("write_recs.lua"))
+        self._load_users: AsyncScript = client.register_script(_lua("load_users.lua"))
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -91,17 +92,18 @@ class RedisStore:
     async def load_users(
         self, user_ids: Sequence[str], item_ids: Sequence[str]
     ) -> tuple[dict[str, UserRecord], dict[str, str | None]]:
-        """Current records of the users and catalog categories of the items, in one trip."""
-        pipe = self.client.pipeline(transaction=False)
-        for user_id in user_ids:
-            pipe.hmget(self.keys.user_state(user_id), "v", "s")
-            pipe.get(self.keys.profile(user_id))
-        for item_id in item_ids:
-            pipe.hget(self.keys.item(item_id), "category")
-        replies = await pipe.execute()
+        """Current records of the users and catalog categories of the items, in one call."""
+        keys = self.keys
+        args: list[str | int] = [
+            len(user_ids),
+            *map(keys.user_state, user_ids),
+            *map(keys.profile, user_ids),
+            *map(keys.item, item_ids),
+        ]
+        states, profiles, found = await self._load_users(args=args)
         records: dict[str, UserRecord] = {}
         for n, user_id in enumerate(user_ids):
-            (version, state), profile = replies[2 * n], replies[2 * n + 1]
+            version, state, profile = states[2 * n], states[2 * n + 1], profiles[n]
             if state is None or profile is None:
                 records[user_id] = UserRecord.new(user_id)
                 records[user_id].version = int(version or 0)
@@ -109,9 +111,7 @@ class RedisStore:
                 records[user_id] = UserRecord(
                     user_id, orjson.loads(profile), orjson.loads(state), int(version)
                 )
-        offset = 2 * len(user_ids)
-        categories = {item_id: replies[offset + n] for n, item_id in enumerate(item_ids)}
-        return records, categories
+        return records, dict(zip(item_ids, found, strict=True))
 
     async def commit(
         self,
