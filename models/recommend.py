@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from itertools import compress
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -261,6 +261,7 @@ def blend_scored(
     np.minimum.at(best_source, cell_of[at_best], source[at_best])
     # Per user: the n best cells with a positive total, ties by item id (column order).
     positive = totals > 0.0
+    positive &= _within_top(cells // width, totals, user_count, n)
     cells, totals, best_source = cells[positive], totals[positive], best_source[positive]
     # Cells come sorted by (row, col): two stable sorts order them by row, then best total,
     # keeping column (item id) order among equal totals.
@@ -284,6 +285,26 @@ def blend_scored(
             ]
         )
     return ranked
+
+
+def _within_top(
+    rows: NDArray[np.int64], totals: NDArray[Any], row_count: int, n: int
+) -> NDArray[np.bool_]:
+    """Which cells can be among their row's ``n`` best: those whose total reaches the row's
+    n-th largest (all of a row's cells if it has at at most n; every cell tied with the n-th
+    stays, for the sort to break the tie by item id). ``rows`` is sorted. A partition per row
+    instead of sorting every scored cell: a batch scores hundreds per user and keeps ten."""
+    if n <= 0:
+        return np.zeros(len(rows), dtype=bool)
+    starts = np.searchsorted(rows, np.arange(row_count + 1)).tolist()
+    within = np.ones(len(rows), dtype=bool)
+    for row in range(row_count):
+        start, stop = starts[row], starts[row + 1]
+        if stop - start > n:
+            row_totals = totals[start:stop]
+            nth = np.partition(row_totals, stop - start - n)[stop - start - n]
+            within[start:stop] = row_totals >= nth
+    return within
 
 
 def _members_of(keys: NDArray[np.int64], sorted_keys: NDArray[np.int64]) -> NDArray[np.bool_]:
