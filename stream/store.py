@@ -136,9 +136,9 @@ class RedisStore:
         documents: list[bytes] = []
         for record in records:
             documents += [orjson.dumps(record.state), orjson.dumps(record.profile)]
-        by_item: dict[str, list[list[Any]]] = defaultdict(list)
+        by_item: dict[str, list[Any]] = defaultdict(list)  # i -> [j, delta, j, delta, ...]
         for (i, j), delta in deltas.cooccurrence.items():
-            by_item[i].append([j, delta])
+            by_item[i] += (j, delta)
         payload = {
             "users": users,
             "norms": [[item, delta] for item, delta in deltas.norms.items()],

@@ -3,7 +3,7 @@
 -- ARGV[1] is a JSON document built by stream/store.py:
 --   users:  [[id, state_key, profile_key, expect]]   (expect = the version that was read)
 --   norms:  [[item, delta]]                 increments of N[i] = sum_u r[u,i]^2
---   cooc:   [[i, [[j, delta], ...]]]        increments of C[i,j]
+--   cooc:   [[i, [j, delta, j, delta, ...]]]  increments of C[i,j]
 --   pop:    [[zset_key, [[item, log_weight], ...]]]  log forward-decayed popularity, per set
 --   cooc_prefix, sim_prefix, nbc_prefix     key prefixes (ids appended) of C, of neighbours and
 --                                           of the neighbours' counts (neighbour_counts.lua)
@@ -89,8 +89,9 @@ for _, n in ipairs(p.norms) do
 end
 local unknown, asked = {}, {}
 for _, entry in ipairs(p.cooc) do
-  for _, pair in ipairs(entry[2]) do
-    local j = pair[1]
+  local pairs = entry[2]
+  for n = 1, #pairs, 2 do
+    local j = pairs[n]
     if norms[j] == nil and not asked[j] then
       asked[j] = true
       unknown[#unknown + 1] = j
@@ -119,22 +120,25 @@ for _, entry in ipairs(p.cooc) do
   local sim_key = p.sim_prefix .. entry[1]
   local nbc_key = p.nbc_prefix .. entry[1]
   adopt_neighbour_counts(sim_key, cooc_key, nbc_key)
-  local members = {}
-  for n, pair in ipairs(entry[2]) do members[n] = pair[1] end
+  local pairs, members = entry[2], {}
+  for n = 1, #pairs, 2 do members[#members + 1] = pairs[n] end
   local stored = read_scores(cooc_key, members)
-  local counts, similarities, ranked = {}, {}, {}
-  for n, pair in ipairs(entry[2]) do
-    local count = (stored[n] or 0) + pair[2]
+  local counts, similarities, ranked, ranked_counts = {}, {}, {}, {}
+  for n, j in ipairs(members) do
+    local count = (stored[n] or 0) + pairs[2 * n]
     counts[#counts + 1] = count
-    counts[#counts + 1] = pair[1]
-    local norm = norms[pair[1]]
-    if norm > 0 and count > 0 then
+    counts[#counts + 1] = j
+    local norm = norms[j]
+    local re_ranked = norm > 0 and count > 0
+    if re_ranked then
       local rank = count / math.sqrt(norm) * count / (count + p.shrinkage)
       similarities[#similarities + 1] = math.floor(rank * p.rank_scale + 0.5)
-      similarities[#similarities + 1] = pair[1]
-      ranked[#ranked + 1] = {pair[1], count}
-    elseif redis.call('ZSCORE', sim_key, pair[1]) then -- kept with its old rank: new count
-      ranked[#ranked + 1] = {pair[1], count}
+      similarities[#similarities + 1] = j
+    end
+    -- (A pair not re-ranked may still be kept with its old rank: its new count goes too.)
+    if re_ranked or redis.call('ZSCORE', sim_key, j) then
+      local k = #ranked + 1
+      ranked[k], ranked_counts[k] = j, count
     end
   end
   write_scores(cooc_key, counts)
@@ -148,10 +152,10 @@ for _, entry in ipairs(p.cooc) do
   for _, member in ipairs(trim(sim_key, p.k)) do gone[#gone + 1] = member end
   local is_gone, kept_counts = {}, {}
   for _, member in ipairs(gone) do is_gone[member] = true end
-  for _, pair in ipairs(ranked) do
-    if not is_gone[pair[1]] then
-      kept_counts[#kept_counts + 1] = pair[1]
-      kept_counts[#kept_counts + 1] = pair[2]
+  for n, j in ipairs(ranked) do
+    if not is_gone[j] then
+      kept_counts[#kept_counts + 1] = j
+      kept_counts[#kept_counts + 1] = ranked_counts[n]
     end
   end
   each_chunk(kept_counts, 2, function(first, last)
