@@ -291,7 +291,7 @@ def _within_top(
     rows: NDArray[np.int64], totals: NDArray[Any], row_count: int, n: int
 ) -> NDArray[np.bool_]:
     """Which cells can be among their row's ``n`` best: those whose total reaches the row's
-    n-th largest (all of a row's cells if it has at at most n; every cell tied with the n-th
+    n-th largest (all of a row's cells if it has at most n; every cell tied with the n-th
     stays, for the sort to break the tie by item id). ``rows`` is sorted. A partition per row
     instead of sorting every scored cell: a batch scores hundreds per user and keeps ten."""
     if n <= 0:

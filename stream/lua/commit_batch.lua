@@ -89,9 +89,9 @@ for _, n in ipairs(p.norms) do
 end
 local unknown, asked = {}, {}
 for _, entry in ipairs(p.cooc) do
-  local pairs = entry[2]
-  for n = 1, #pairs, 2 do
-    local j = pairs[n]
+  local increments = entry[2]
+  for n = 1, #increments, 2 do
+    local j = increments[n]
     if norms[j] == nil and not asked[j] then
       asked[j] = true
       unknown[#unknown + 1] = j
@@ -111,7 +111,8 @@ end)
 -- integer scores far faster than other doubles (a quarter of this script's time went to
 -- them), and ranks closer than 1 / rank_scale only ever decide near-ties. C[i,j] is read,
 -- added to and written back in double precision, exactly as ZINCRBY would.
--- nbc:i follows sim:i: whatever leaves sim:i (its count trimmed, or pushed out of the top K)
+--
+-- nbc:i follows sim:i (neighbour_counts.lua): whatever leaves sim:i (its count trimmed, or pushed out of the top K)
 -- leaves nbc:i, and every re-ranked pair still kept has its count written there. (Only those:
 -- most re-ranked pairs fall out of the top K at once, and every write into a small hash or
 -- sorted set rewrites its listpack.)
@@ -120,12 +121,12 @@ for _, entry in ipairs(p.cooc) do
   local sim_key = p.sim_prefix .. entry[1]
   local nbc_key = p.nbc_prefix .. entry[1]
   adopt_neighbour_counts(sim_key, cooc_key, nbc_key)
-  local pairs, members = entry[2], {}
-  for n = 1, #pairs, 2 do members[#members + 1] = pairs[n] end
+  local increments, members = entry[2], {}
+  for n = 1, #increments, 2 do members[#members + 1] = increments[n] end
   local stored = read_scores(cooc_key, members)
   local counts, similarities, ranked, ranked_counts = {}, {}, {}, {}
   for n, j in ipairs(members) do
-    local count = (stored[n] or 0) + pairs[2 * n]
+    local count = (stored[n] or 0) + increments[2 * n]
     counts[#counts + 1] = count
     counts[#counts + 1] = j
     local norm = norms[j]
