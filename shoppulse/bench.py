@@ -75,7 +75,7 @@ from rich.table import Table
 from shoppulse import localstack
 from shoppulse.bench_bare import PROBE_USER_PREFIX, bare_namespace
 from shoppulse.errors import ShopPulseError
-from shoppulse.kafka import ensure_topics
+from shoppulse.kafka import ensure_topics, partition_positions
 from shoppulse.settings import Settings
 from stream.keys import Keys, Topics
 from stream.store import connect
@@ -440,6 +440,20 @@ def drain_rate(total: int, before_window: int, seconds: float) -> float | None:
     if seconds <= 0.0 or total <= before_window:
         return None
     return (total - before_window) / seconds
+
+
+def short_partitions(
+    acked: Mapping[tuple[str, int], int], positions: Mapping[tuple[str, int], tuple[int, int]]
+) -> str:
+    """The partitions whose log end (as the broker reports it) or committed offset is short of
+    what the broker acknowledged: messages not delivered, or delivered and not finished."""
+    short = [
+        f"{topic}[{partition}] acked {end_acked:,}, log end {end:,}, committed {committed:,}"
+        for (topic, partition), end_acked in sorted(acked.items())
+        for end, committed in [positions.get((topic, partition), (0, 0))]
+        if end < end_acked or committed < end_acked
+    ]
+    return "; ".join(short) or "every partition's log end and commit reach the acks"
 
 
 def per_thousand(amount: float | None, events: int) -> float | None:
@@ -1349,10 +1363,7 @@ class _Bench:
                 )
             target.check()
             if now > deadline or (count > 0 and now - moved_at > STALL_SECONDS):
-                raise ShopPulseError(
-                    f"the {target.name} worker took in only {count:,} of {expected:,} events "
-                    f"in time; see {target.log_path}"
-                )
+                raise await self._stalled(target, count, expected)
             await asyncio.sleep(DRAIN_POLL_SECONDS)
 
     async def _watch_total(self, target: _Target, total: int, added: int) -> None:
@@ -1366,11 +1377,21 @@ class _Bench:
                 last_count, moved_at = count, now
             target.check()
             if now - moved_at > STALL_SECONDS or now > deadline:
-                raise ShopPulseError(
-                    f"the {target.name} worker stopped at {count:,} of {total:,} events; "
-                    f"see {target.log_path}"
-                )
+                raise await self._stalled(target, count, total)
             await asyncio.sleep(DRAIN_POLL_SECONDS)
+
+    async def _stalled(self, target: _Target, count: int, expected: int) -> ShopPulseError:
+        """The error for a worker that stopped short, with each partition whose broker log end
+        (ListOffsets) or the worker group's committed offset is short of what the broker
+        acknowledged to the bench: not delivered, or delivered and not finished."""
+        message = f"the {target.name} worker took in only {count:,} of {expected:,} events"
+        group = self.ns if target.name == "ShopPulse" else bare_namespace(self.ns)
+        try:
+            positions = await partition_positions(self.settings.kafka_bootstrap, group, self.ends)
+        except Exception as exc:  # the diagnosis is a courtesy: never hide the stall itself
+            return ShopPulseError(f"{message} (offsets unread: {exc!r}); see {target.log_path}")
+        where = short_partitions(self.ends, positions)
+        return ShopPulseError(f"{message} ({where}); see {target.log_path}")
 
     async def _until(
         self, probe: Callable[[], Awaitable[bool]], what: str, target: _Target

@@ -175,6 +175,42 @@ async def follow(
         await consumer.stop()
 
 
+def _group_reader(bootstrap: str, group: str, security: Security | None) -> AIOKafkaConsumer:
+    # A consumer that never subscribes only reads the group's offsets; it does not join it.
+    return AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        **_security(security),
+    )
+
+
+async def _positions(
+    consumer: AIOKafkaConsumer, partitions: list[TopicPartition]
+) -> dict[tuple[str, int], tuple[int, int]]:
+    ends = await consumer.end_offsets(partitions) if partitions else {}
+    return {
+        (tp.topic, tp.partition): (int(end), int(await consumer.committed(tp) or 0))
+        for tp, end in ends.items()
+    }
+
+
+async def partition_positions(
+    bootstrap: str,
+    group: str,
+    partitions: Iterable[tuple[str, int]],
+    security: Security | None = None,
+) -> dict[tuple[str, int], tuple[int, int]]:
+    """Per (topic, partition): where the broker says its log ends (ListOffsets) and the
+    group's committed offset (0 if none)."""
+    consumer = _group_reader(bootstrap, group, security)
+    await consumer.start()
+    try:
+        return await _positions(consumer, [TopicPartition(t, p) for t, p in partitions])
+    finally:
+        await consumer.stop()
+
+
 async def consumer_lag(
     bootstrap: str, group: str, topics: Iterable[str], security: Security | None = None
 ) -> dict[str, int]:
@@ -182,13 +218,7 @@ async def consumer_lag(
 
     The development broker can under-report end offsets for logs written in batches, so the
     lag it yields may look negative; it is clamped at 0 per partition."""
-    # A consumer that never subscribes only reads the group's offsets; it does not join it.
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        group_id=group,
-        enable_auto_commit=False,
-        **_security(security),
-    )
+    consumer = _group_reader(bootstrap, group, security)
     await consumer.start()
     try:
         await consumer.topics()  # fetches metadata for every topic
@@ -197,12 +227,8 @@ async def consumer_lag(
             partitions = [
                 TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())
             ]
-            ends = await consumer.end_offsets(partitions) if partitions else {}
-            behind = 0
-            for partition, end in ends.items():
-                committed = await consumer.committed(partition)
-                behind += max(0, end - (committed or 0))
-            lag[topic] = behind
+            positions = await _positions(consumer, partitions)
+            lag[topic] = sum(max(0, end - committed) for end, committed in positions.values())
         return lag
     finally:
         await consumer.stop()

@@ -39,6 +39,8 @@ async def test_status_shows_the_churn_model_and_its_age(
     before = await asyncio.to_thread(shoppulse, stack, "status")
     assert before.returncode == 0, before.stdout + before.stderr
     assert "churn model" in before.stdout and "none yet" in before.stdout
+    lag_rows = [line for line in before.stdout.splitlines() if "lag " in line]
+    assert lag_rows and all("0 events" in line for line in lag_rows), before.stdout
     await publish_churn_model(stack, overdue_model(CHURN_VERSION))
     done = await asyncio.to_thread(shoppulse, stack, "status")
     assert done.returncode == 0, done.stdout + done.stderr

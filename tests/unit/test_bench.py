@@ -40,6 +40,7 @@ from shoppulse.bench import (
     process_memory,
     report_table,
     settings_env,
+    short_partitions,
     zipf_weights,
 )
 from shoppulse.bench_bare import PROBE_USER_PREFIX, bare_namespace
@@ -403,3 +404,15 @@ def test_the_bare_worker_reads_the_user_topics_in_its_own_group() -> None:
     assert app.conf.id == "shop-bare"  # not the ShopPulse group: it reads from the start
     (agent,) = app.agents.values()
     assert set(agent.channel.topics) == {"shop.clicks", "shop.orders"}
+
+
+def test_a_stall_names_the_partitions_short_of_the_acks() -> None:
+    acked = {("c", 0): 100, ("c", 1): 50, ("o", 0): 7}
+    positions = {("c", 0): (100, 100), ("c", 1): (49, 49), ("o", 0): (7, 5)}
+    assert short_partitions(acked, positions) == (
+        "c[1] acked 50, log end 49, committed 49; o[0] acked 7, log end 7, committed 5"
+    )
+    caught_up = {tp: (end, end) for tp, end in acked.items()}
+    assert short_partitions(acked, caught_up) == (
+        "every partition's log end and commit reach the acks"
+    )
