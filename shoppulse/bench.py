@@ -11,9 +11,12 @@ One run, on one machine, in a fresh namespace whose Redis keys are deleted at th
 2. **Drain rates.** The catalog, then a warm-up slice and the drain slice of user events, are
    published before any worker runs. Then the ShopPulse worker (consumer group ``{ns}``) and
    later the bare worker (group ``{ns}-bare``) each take in every user event from the start,
-   as child processes. Progress comes from Redis counters (``{ns}:stats``, and the bare
-   worker's own hash), polled every 10 ms. The drain window opens at the first poll that sees
-   more than the warm-up slice taken in (so the figure is on warm state, after start-up and
+   as child processes; a second bare worker (group ``{ns}-bare-next``) drains the same events
+   right after the ShopPulse worker, and the ratio is against the mean of the two bare rates
+   (the machine's speed can drift by tens of percent between measurements a minute apart).
+   Progress comes from Redis counters (``{ns}:stats``, and each bare worker's own hash),
+   polled every 10 ms. The drain window opens at the first poll that sees more than the
+   warm-up slice taken in (so the figure is on warm state, after start-up and
    the catalog) and closes when the last event is in; rate = events taken in within the
    window / its length. Kafka lag is not used: Tansu's ListOffsets can under-report the end of
    a log, so what each worker must take in is counted from the producer's own acks.
@@ -96,6 +99,7 @@ MIN_EXPECTED_RATE = 100.0  # events/s below which a drain is declared stuck
 BENCH_REBALANCE_TIMEOUT = 3.0  # a group join waits about this long on Tansu (tests use 3)
 STALL_SECONDS = 30.0  # a worker that takes in nothing for this long has failed
 CHUNK = 1000  # messages in flight before waiting for their acks
+RIGHT_AFTER = "-next"  # the run label of the bare drain right after the ShopPulse drain
 
 Outgoing = tuple[str, bytes, bytes]  # (topic, key, value)
 Document = dict[str, Any]
@@ -647,8 +651,11 @@ REPORT_KEYS = (
 NOTES = (
     "drain: events taken in after the first batch was seen / time from that batch to the last "
     "event, from Redis counters polled every 10 ms (not Kafka lag); the ShopPulse worker drains "
-    "the drain slice on state warmed by the catalog and warm-up slice, the bare worker reads "
-    "every user event published in the run",
+    "the drain slice on state warmed by the catalog and warm-up slice; a bare worker drains the "
+    "same events right after it (bare_faust_right_after) and another reads every user event "
+    "published in the run at the end (bare_faust); ratio is against the mean of the two bare "
+    "rates (ratio_to_each: right after, at the end), so that a machine whose speed drifts "
+    "between measurements moves it less",
     "latency: broker ack of a probe click to the change of the probe user's key in Redis "
     "(ShopPulse: {ns}:recs:{user}; bare Faust: the key it sets after decoding a probe user's "
     "batch), seen by a 2 ms MGET poll of the keys of outstanding probes only; loads are "
@@ -676,9 +683,15 @@ def build_report(
     timings: Mapping[str, float],
     started_at: float = 0.0,
     duration: float = 0.0,
+    bare_right_after: DrainResult | None = None,
 ) -> dict[str, Any]:
-    """All the figures of one run, as plain JSON-able data, keys in REPORT_KEYS order."""
+    """All the figures of one run, as plain JSON-able data, keys in REPORT_KEYS order. The
+    drain ratio is against the mean rate of the bare drains (``bare``, after everything, and
+    ``bare_right_after``, right after the ShopPulse drain, when there is one)."""
     bare_figures, shoppulse_figures = bare.as_dict(), shoppulse.as_dict()
+    bare_rates = [run.rate for run in (bare_right_after, bare) if run is not None]
+    known = [rate for rate in bare_rates if rate is not None]
+    bare_mean = sum(known) / len(known) if known else None
     report: dict[str, Any] = {
         "schema": REPORT_SCHEMA,
         "mode": plan.mode,
@@ -698,8 +711,11 @@ def build_report(
         "warmup": dict(warmup),
         "drain": {
             "bare_faust": bare_figures,
+            "bare_faust_right_after": bare_right_after and bare_right_after.as_dict(),
             "shoppulse": shoppulse_figures,
-            "ratio": _round(ratio(shoppulse.rate, bare.rate), 3),
+            "bare_mean_events_per_second": _round(bare_mean, 1),
+            "ratio": _round(ratio(shoppulse.rate, bare_mean), 3),
+            "ratio_to_each": [_round(ratio(shoppulse.rate, rate), 3) for rate in bare_rates],
         },
         "latency": {
             "shoppulse": [dict(phase) for phase in latency.get("shoppulse", ())],
@@ -744,7 +760,16 @@ def report_table(report: Mapping[str, Any]) -> Table:
     table.add_column("value", justify="right")
     table.add_column("note")
     bare, ours = drain["bare_faust"], drain["shoppulse"]
-    table.add_row("bare Faust drain", _fmt(bare["events_per_second"], " ev/s"), "decode only")
+    right_after = drain.get("bare_faust_right_after")
+    if right_after:
+        table.add_row(
+            "bare Faust drain",
+            f"{_fmt(right_after['events_per_second'])} / "
+            f"{_fmt(bare['events_per_second'], ' ev/s')}",
+            "decode only: right after ShopPulse's drain / at the end; the ratio uses their mean",
+        )
+    else:
+        table.add_row("bare Faust drain", _fmt(bare["events_per_second"], " ev/s"), "decode only")
     table.add_row("ShopPulse drain", _fmt(ours["events_per_second"], " ev/s"), "all the work")
     met = "met" if floors["drain_ratio_met"] else "NOT met"
     table.add_row(
@@ -854,7 +879,11 @@ def run_bench(settings: Settings, quick: bool, out_path: Path, console: Console)
             report = asyncio.run(bench.run(broker))
         finally:
             # The workers' Faust data folders are the run's own (named after its namespace).
-            for app_id in (bench.ns, bare_namespace(bench.ns)):
+            for app_id in (
+                bench.ns,
+                bare_namespace(bench.ns),
+                bare_namespace(bench.ns, RIGHT_AFTER),
+            ):
                 if faust_datadir(app_id).is_dir():
                     shutil.rmtree(faust_datadir(app_id))
     shutil.rmtree(log_dir)  # kept when the run failed: the error names the log
@@ -875,6 +904,7 @@ class _Target:
     log_path: Path
     stats_key: str
     probe_key: Callable[[str], str]
+    group: str  # its Kafka consumer group
 
     def check(self) -> None:
         if self.process.poll() is not None:
@@ -949,13 +979,19 @@ class _Bench:
             load, events = self._generate()
         log_path = self.log_dir / "shoppulse-worker.log"
         with localstack.worker_process(self.env, log_path, "warning") as process:
-            ours = _Target("ShopPulse", process, log_path, self.keys.stats(), self.keys.recs)
+            ours = _Target(
+                "ShopPulse", process, log_path, self.keys.stats(), self.keys.recs, self.ns
+            )
             warmup = await self._load_catalog(ours)
             publish = await self._publish_load(events)
             with self._timed(
                 "shoppulse_drain", f"ShopPulse worker: draining {len(events):,} events"
             ):
                 shoppulse = await self._watch(ours, len(events), plan.warmup_events)
+            with self._timed(
+                "bare_drain_right_after", f"bare Faust worker: draining {len(events):,} events"
+            ):
+                bare_right_after = await self._bare_drain(RIGHT_AFTER, len(events))
             latency = []
             if shoppulse.rate:
                 with self._timed("probe_warmup", "warming up the probe users"):
@@ -971,11 +1007,16 @@ class _Bench:
         everything = sum(end for tp, end in self.ends.items() if tp[0] in user_topics)
         with child_process(["-m", "shoppulse.bench_bare"], self.env, log_path) as process:
             bare_target = _Target(
-                "bare Faust", process, log_path, self.bare_keys.stats(), self.bare_keys.recs
+                "bare Faust",
+                process,
+                log_path,
+                self.bare_keys.stats(),
+                self.bare_keys.recs,
+                bare_namespace(self.ns),
             )
             with self._timed("bare_drain", f"bare Faust worker: draining {everything:,} events"):
                 bare = await self._watch(bare_target, everything, plan.warmup_events)
-                bare.self_reported_rate = await self._self_reported_rate(everything)
+                bare.self_reported_rate = await self._self_reported_rate(everything, self.bare_keys)
             bare_latency = []
             if shoppulse.rate:
                 for fraction in plan.bare_latency_fractions:
@@ -992,6 +1033,7 @@ class _Bench:
             publish=publish,
             warmup=warmup,
             bare=bare,
+            bare_right_after=bare_right_after,
             shoppulse=shoppulse,
             latency={"shoppulse": latency, "bare_faust": bare_latency},
             memory=memory,
@@ -1053,10 +1095,22 @@ class _Bench:
             "events_per_second": round(sent / seconds, 1),
         }
 
-    async def _self_reported_rate(self, expected: int) -> float | None:
-        """The bare worker's own account: its first batch to its last, by its clock."""
+    async def _bare_drain(self, run: str, expected: int) -> DrainResult:
+        """A bare worker's drain of the user events published so far, in its own consumer
+        group: measured right after the ShopPulse worker's, so that the ratio does not hang
+        on one measurement a minute or more away from it on a machine whose speed drifts."""
+        namespace = bare_namespace(self.ns, run)
+        keys, log_path = Keys(namespace), self.log_dir / f"bare-worker{run}.log"
+        with child_process(["-m", "shoppulse.bench_bare", run], self.env, log_path) as process:
+            target = _Target("bare Faust", process, log_path, keys.stats(), keys.recs, namespace)
+            result = await self._watch(target, expected, self.plan.warmup_events)
+            result.self_reported_rate = await self._self_reported_rate(expected, keys)
+        return result
+
+    async def _self_reported_rate(self, expected: int, keys: Keys) -> float | None:
+        """A bare worker's own account: its first batch to its last, by its clock."""
         first_at, first_n, last_at = await self.redis.hmget(
-            self.bare_keys.stats(), "first_at", "first_n", "last_at"
+            keys.stats(), "first_at", "first_n", "last_at"
         )
         if not (first_at and first_n and last_at):
             return None
@@ -1385,9 +1439,10 @@ class _Bench:
         (ListOffsets) or the worker group's committed offset is short of what the broker
         acknowledged to the bench: not delivered, or delivered and not finished."""
         message = f"the {target.name} worker took in only {count:,} of {expected:,} events"
-        group = self.ns if target.name == "ShopPulse" else bare_namespace(self.ns)
         try:
-            positions = await partition_positions(self.settings.kafka_bootstrap, group, self.ends)
+            positions = await partition_positions(
+                self.settings.kafka_bootstrap, target.group, self.ends
+            )
         except Exception as exc:  # the diagnosis is a courtesy: never hide the stall itself
             return ShopPulseError(f"{message} (offsets unread: {exc!r}); see {target.log_path}")
         where = short_partitions(self.ends, positions)
@@ -1415,7 +1470,8 @@ class _Bench:
     async def _cleanup(self) -> None:
         """Delete the namespace's Redis keys (and its topics on a broker we did not start)."""
         try:
-            for pattern in (f"{self.ns}:*", f"{bare_namespace(self.ns)}:*"):
+            bare_runs = (bare_namespace(self.ns), bare_namespace(self.ns, RIGHT_AFTER))
+            for pattern in (f"{self.ns}:*", *(f"{run}:*" for run in bare_runs)):
                 batch: list[bytes] = []
                 async for key in self.redis.scan_iter(match=pattern, count=1000):
                     batch.append(key)

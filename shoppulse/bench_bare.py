@@ -7,7 +7,8 @@ has handled it), but all it does with a batch is ``orjson.loads`` each value. So
 compares the ShopPulse worker with what Faust itself can do on this machine.
 
 Its consumer group is ``{ns}-bare`` (so it reads the topics from the start, whatever the
-ShopPulse worker has committed), and after each batch it reports its progress in Redis, in
+ShopPulse worker has committed; ``python -m shoppulse.bench_bare RUN`` makes it ``{ns}-bareRUN``,
+for a second bare run of one bench), and after each batch it reports its progress in Redis, in
 the hash ``Keys(f"{ns}-bare").stats()``, in one pipelined round trip: ``applied`` (events
 decoded so far), ``first_at``/``first_n`` (wall-clock time and size of the first batch) and
 ``last_at`` (wall-clock time of the latest batch). The ShopPulse worker writes its own
@@ -26,6 +27,7 @@ Run as a child process by the bench, with the settings in ``SHOPPULSE_*`` variab
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
@@ -41,19 +43,20 @@ BARE_SUFFIX = "-bare"
 PROBE_USER_PREFIX = "probe-"
 
 
-def bare_namespace(namespace: str) -> str:
-    """Consumer group, app id and Redis key namespace of the bare worker for ``namespace``."""
-    return f"{namespace}{BARE_SUFFIX}"
+def bare_namespace(namespace: str, run: str = "") -> str:
+    """Consumer group, app id and Redis key namespace of the bare worker for ``namespace``;
+    ``run`` tells apart the bench's bare runs (each reads the topics from the start)."""
+    return f"{namespace}{BARE_SUFFIX}{run}"
 
 
-def create_bare_app(settings: Settings) -> faust.App:
+def create_bare_app(settings: Settings, run: str = "") -> faust.App:
     """A Faust app with the ShopPulse worker's options (see ``stream.app.create_app``; keep the
     two in step) whose only agent decodes the user events' JSON."""
-    app_id = bare_namespace(settings.namespace)
+    app_id = bare_namespace(settings.namespace, run)
     topics = Topics(settings.namespace)
     app = faust_app(app_id, settings)
     user_events = app.topic(topics.clicks, topics.orders, key_type=bytes, value_type=bytes)
-    keys = Keys(bare_namespace(settings.namespace))
+    keys = Keys(app_id)
     stats_key = keys.stats()
     state: dict[str, Any] = {}
 
@@ -83,8 +86,9 @@ def create_bare_app(settings: Settings) -> faust.App:
 
 
 def main() -> None:
-    """Run the bare worker until it is stopped (SIGINT/SIGTERM)."""
-    app = create_bare_app(get_settings())
+    """Run the bare worker until it is stopped (SIGINT/SIGTERM); the first argument, if any,
+    is the run (see ``bare_namespace``)."""
+    app = create_bare_app(get_settings(), sys.argv[1] if len(sys.argv) > 1 else "")
     faust_worker(app, "warning").execute_from_commandline()
 
 

@@ -334,7 +334,7 @@ def _phase(fraction: float, p99: float) -> dict[str, Any]:
     }
 
 
-def _report(p99: float = 120.0) -> dict[str, Any]:
+def _report(p99: float = 120.0, bare_right_after: DrainResult | None = None) -> dict[str, Any]:
     return build_report(
         plan=QUICK,
         settings=Settings(namespace="bench1"),
@@ -360,6 +360,7 @@ def _report(p99: float = 120.0) -> dict[str, Any]:
         timings={"drain": 1.0},
         started_at=1.0,
         duration=42.0,
+        bare_right_after=bare_right_after,
     )
 
 
@@ -374,6 +375,20 @@ def test_the_report_has_every_section_in_order_and_is_json() -> None:
     assert again["latency"]["shoppulse"][0]["latency"]["p99_ms"] == 120.0
     assert again["floors"]["drain_ratio_met"] is True
     assert again["floors"]["p99_met"] is True
+
+
+def test_the_ratio_is_against_the_mean_of_both_bare_drains() -> None:
+    # 8,000 events/s right after the ShopPulse drain, 10,000 at the end: their mean is 9,000.
+    report = _report(bare_right_after=DrainResult(8_100, 100, 1.0, 0.7, 0.01))
+    drain = report["drain"]
+    assert drain["bare_faust_right_after"]["events_per_second"] == 8_000.0
+    assert drain["bare_mean_events_per_second"] == 9_000.0
+    assert drain["ratio"] == round(6_000 / 9_000, 3)
+    assert drain["ratio_to_each"] == [0.75, 0.6]
+    assert _report()["drain"]["bare_faust_right_after"] is None  # one bare drain: that one
+    console = Console(record=True, width=200)
+    console.print(report_table(report))
+    assert "8,000 / 10,000 ev/s" in console.export_text()
 
 
 def test_floors_judge_the_ratio_and_the_p99_at_half_load() -> None:
@@ -402,6 +417,8 @@ def test_the_bare_worker_reads_the_user_topics_in_its_own_group() -> None:
 
     app = create_bare_app(Settings(namespace="shop", web_enabled=False))
     assert app.conf.id == "shop-bare"  # not the ShopPulse group: it reads from the start
+    again = create_bare_app(Settings(namespace="shop", web_enabled=False), "-next")
+    assert again.conf.id == "shop-bare-next"  # a second bare run reads from the start too
     (agent,) = app.agents.values()
     assert set(agent.channel.topics) == {"shop.clicks", "shop.orders"}
 
