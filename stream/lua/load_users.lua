@@ -13,7 +13,11 @@ for k = 2, n + 1 do
   states[#states + 1] = found[1]
   states[#states + 1] = found[2]
 end
-if n > 0 then profiles = redis.call('MGET', unpack(ARGV, n + 2, 2 * n + 1)) end
+local CHUNK = 1000 -- keys per MGET, well inside Lua's stack (a batch can hold more users)
+for first = n + 2, 2 * n + 1, CHUNK do
+  local found = redis.call('MGET', unpack(ARGV, first, math.min(first + CHUNK - 1, 2 * n + 1)))
+  for k = 1, #found do profiles[#profiles + 1] = found[k] end
+end
 for k = 2 * n + 2, #ARGV do
   categories[#categories + 1] = redis.call('HGET', ARGV[k], 'category')
 end

@@ -379,3 +379,21 @@ async def test_each_item_keeps_its_k_best_neighbours(
         if not batch_sizes:  # fresh ranks: the K best of every pair by the final C and N
             ranks = {j: stored_rank(c, norms[j], s) for j, c in counts[item].items()}
             assert set(kept[item]) == set(sorted(ranks, key=lambda j: (ranks[j], j))[-k:]), item
+
+
+async def test_loading_more_users_than_a_script_can_unpack_at_once(processor: Processor) -> None:
+    """A batch may hold thousands of users (SHOPPULSE_BATCH_SIZE has no upper bound): reading
+    them all in one call gives what reading a few gives, for known and unknown alike."""
+    await deliver(processor, event_stream())
+    store = processor.store
+    strangers = [f"stranger{n}" for n in range(9_000)]
+    users, items = [*USERS, *strangers], [*ITEMS, *(f"x{n}" for n in range(9_000))]
+    records, categories = await store.load_users(users, items)
+    few, few_categories = await store.load_users(USERS[:3], ITEMS)
+    for user in USERS[:3]:
+        assert (records[user].state, records[user].profile) == (few[user].state, few[user].profile)
+        assert records[user].version == few[user].version > 0
+    assert all(records[user].version == 0 for user in strangers)
+    assert {item: categories[item] for item in ITEMS} == few_categories
+    assert few_categories == {item: CATEGORY.get(item) for item in ITEMS}
+    assert all(categories[f"x{n}"] is None for n in range(9_000))
