@@ -101,6 +101,12 @@ STALL_SECONDS = 30.0  # a worker that takes in nothing for this long has failed
 CHUNK = 1000  # messages in flight before waiting for their acks
 RIGHT_AFTER = "-next"  # the run label of the bare drain right after the ShopPulse drain
 
+
+def bare_runs(namespace: str) -> tuple[str, str]:
+    """The namespaces (consumer groups, Redis keys) of a bench's two bare runs."""
+    return bare_namespace(namespace), bare_namespace(namespace, RIGHT_AFTER)
+
+
 Outgoing = tuple[str, bytes, bytes]  # (topic, key, value)
 Document = dict[str, Any]
 UserEvent = tuple[str, Document]  # ("clicks" | "orders", document)
@@ -879,11 +885,7 @@ def run_bench(settings: Settings, quick: bool, out_path: Path, console: Console)
             report = asyncio.run(bench.run(broker))
         finally:
             # The workers' Faust data folders are the run's own (named after its namespace).
-            for app_id in (
-                bench.ns,
-                bare_namespace(bench.ns),
-                bare_namespace(bench.ns, RIGHT_AFTER),
-            ):
+            for app_id in (bench.ns, *bare_runs(bench.ns)):
                 if faust_datadir(app_id).is_dir():
                     shutil.rmtree(faust_datadir(app_id))
     shutil.rmtree(log_dir)  # kept when the run failed: the error names the log
@@ -930,7 +932,6 @@ class _Bench:
         self.owns_broker = owns_broker
         self.ns = settings.namespace
         self.keys = Keys(self.ns)
-        self.bare_keys = Keys(bare_namespace(self.ns))
         self.topics = Topics(self.ns)
         self.env = settings_env(settings)
         self.world = build_world(plan.load)
@@ -1002,27 +1003,17 @@ class _Bench:
                 memory = await self._memory(used_before)
             memory["shoppulse_worker"] = process_memory(process.pid)
 
-        log_path = self.log_dir / "bare-worker.log"
-        user_topics = {self.topics.clicks, self.topics.orders}
-        everything = sum(end for tp, end in self.ends.items() if tp[0] in user_topics)
-        with child_process(["-m", "shoppulse.bench_bare"], self.env, log_path) as process:
-            bare_target = _Target(
-                "bare Faust",
-                process,
-                log_path,
-                self.bare_keys.stats(),
-                self.bare_keys.recs,
-                bare_namespace(self.ns),
-            )
+        everything = sum(self._user_ends().values())
+        with self._bare_worker("") as bare_target:
             with self._timed("bare_drain", f"bare Faust worker: draining {everything:,} events"):
                 bare = await self._watch(bare_target, everything, plan.warmup_events)
-                bare.self_reported_rate = await self._self_reported_rate(everything, self.bare_keys)
+                bare.self_reported_rate = await self._self_reported_rate(everything, bare_target)
             bare_latency = []
             if shoppulse.rate:
                 for fraction in plan.bare_latency_fractions:
                     phase = await self._latency_phase(bare_target, fraction, shoppulse.rate)
                     bare_latency.append(phase)
-            memory["bare_worker"] = process_memory(process.pid)
+            memory["bare_worker"] = process_memory(bare_target.process.pid)
 
         machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
         return build_report(
@@ -1095,22 +1086,34 @@ class _Bench:
             "events_per_second": round(sent / seconds, 1),
         }
 
+    @contextmanager
+    def _bare_worker(self, run: str) -> Iterator[_Target]:
+        """A bare worker for ``run`` (its own consumer group and stats: see bare_namespace),
+        stopped on exit."""
+        namespace = bare_namespace(self.ns, run)
+        keys, log_path = Keys(namespace), self.log_dir / f"bare-worker{run}.log"
+        argv = ["-m", "shoppulse.bench_bare", *([run] if run else [])]
+        with child_process(argv, self.env, log_path) as process:
+            yield _Target("bare Faust", process, log_path, keys.stats(), keys.recs, namespace)
+
     async def _bare_drain(self, run: str, expected: int) -> DrainResult:
         """A bare worker's drain of the user events published so far, in its own consumer
         group: measured right after the ShopPulse worker's, so that the ratio does not hang
         on one measurement a minute or more away from it on a machine whose speed drifts."""
-        namespace = bare_namespace(self.ns, run)
-        keys, log_path = Keys(namespace), self.log_dir / f"bare-worker{run}.log"
-        with child_process(["-m", "shoppulse.bench_bare", run], self.env, log_path) as process:
-            target = _Target("bare Faust", process, log_path, keys.stats(), keys.recs, namespace)
+        with self._bare_worker(run) as target:
             result = await self._watch(target, expected, self.plan.warmup_events)
-            result.self_reported_rate = await self._self_reported_rate(expected, keys)
+            result.self_reported_rate = await self._self_reported_rate(expected, target)
         return result
 
-    async def _self_reported_rate(self, expected: int, keys: Keys) -> float | None:
+    def _user_ends(self) -> dict[tuple[str, int], int]:
+        """The acked log ends of the user-event partitions (what every worker reads)."""
+        user_topics = {self.topics.clicks, self.topics.orders}
+        return {tp: end for tp, end in self.ends.items() if tp[0] in user_topics}
+
+    async def _self_reported_rate(self, expected: int, target: _Target) -> float | None:
         """A bare worker's own account: its first batch to its last, by its clock."""
         first_at, first_n, last_at = await self.redis.hmget(
-            keys.stats(), "first_at", "first_n", "last_at"
+            target.stats_key, "first_at", "first_n", "last_at"
         )
         if not (first_at and first_n and last_at):
             return None
@@ -1439,13 +1442,14 @@ class _Bench:
         (ListOffsets) or the worker group's committed offset is short of what the broker
         acknowledged to the bench: not delivered, or delivered and not finished."""
         message = f"the {target.name} worker took in only {count:,} of {expected:,} events"
+        acked = self._user_ends()
         try:
             positions = await partition_positions(
-                self.settings.kafka_bootstrap, target.group, self.ends
+                self.settings.kafka_bootstrap, target.group, acked
             )
         except Exception as exc:  # the diagnosis is a courtesy: never hide the stall itself
             return ShopPulseError(f"{message} (offsets unread: {exc!r}); see {target.log_path}")
-        where = short_partitions(self.ends, positions)
+        where = short_partitions(acked, positions)
         return ShopPulseError(f"{message} ({where}); see {target.log_path}")
 
     async def _until(
@@ -1470,8 +1474,7 @@ class _Bench:
     async def _cleanup(self) -> None:
         """Delete the namespace's Redis keys (and its topics on a broker we did not start)."""
         try:
-            bare_runs = (bare_namespace(self.ns), bare_namespace(self.ns, RIGHT_AFTER))
-            for pattern in (f"{self.ns}:*", *(f"{run}:*" for run in bare_runs)):
+            for pattern in (f"{self.ns}:*", *(f"{run}:*" for run in bare_runs(self.ns))):
                 batch: list[bytes] = []
                 async for key in self.redis.scan_iter(match=pattern, count=1000):
                     batch.append(key)
