@@ -1,3 +1,4 @@
 from shoppulse.cli import main
 
-main()
+if __name__ == "__main__":  # not when a spawned child (the refresh process) imports it
+    main()

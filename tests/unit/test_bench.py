@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import math
 import os
+import subprocess
+import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,7 @@ from shoppulse.bench import (
     build_report,
     build_world,
     catalog_documents,
+    consumed_through,
     drain_rate,
     encode_catalog,
     encode_user_events,
@@ -38,6 +42,7 @@ from shoppulse.bench import (
     percentile,
     process_cpu_seconds,
     process_memory,
+    process_tree,
     report_table,
     settings_env,
     short_partitions,
@@ -293,6 +298,26 @@ def test_proc_status_fields_are_read_in_bytes() -> None:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_a_process_is_measured_with_its_children() -> None:
+    # The worker's refresh process is its child: its CPU counts as the worker's.
+    busy = (
+        "import time\nend = time.process_time() + 0.5\n"
+        "while time.process_time() < end: pass\ntime.sleep(30)"
+    )
+    child = subprocess.Popen([sys.executable, "-c", busy])
+    try:
+        deadline = time.monotonic() + 20
+        while (process_cpu_seconds(child.pid) or 0.0) < 0.5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert child.pid in process_tree(os.getpid())
+        own = parse_proc_cpu_seconds(Path("/proc/self/stat").read_text(), os.sysconf("SC_CLK_TCK"))
+        assert (process_cpu_seconds(os.getpid()) or 0.0) - own >= 0.45
+    finally:
+        child.kill()
+        child.wait()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 def test_this_process_can_be_measured() -> None:
     assert (process_cpu_seconds(os.getpid()) or 0.0) > 0.0
     memory = process_memory(os.getpid())
@@ -433,3 +458,11 @@ def test_a_stall_names_the_partitions_short_of_the_acks() -> None:
     assert short_partitions(acked, caught_up) == (
         "every partition's log end and commit reach the acks"
     )
+
+
+def test_a_group_consumed_through_only_if_every_partition_is_committed_past_its_acks() -> None:
+    acked = {("c", 0): 100, ("c", 1): 50}
+    # The broker under-reports its log end (49 < 50); the commit is what counts.
+    assert consumed_through(acked, {("c", 0): (100, 100), ("c", 1): (49, 50)})
+    assert not consumed_through(acked, {("c", 0): (100, 100), ("c", 1): (50, 49)})
+    assert not consumed_through(acked, {("c", 0): (100, 100)})  # a partition never committed
