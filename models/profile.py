@@ -402,12 +402,6 @@ class UserRecord:
         return bool(entry["status"] != "cancelled")
 
     # -- reading ------------------------------------------------------------------------------
-    def for_ranking(self) -> UserRecord:
-        """This record without what ranking never reads (the event ids kept for dedupe, the
-        orders), sharing the rest: cheaper to hand to another process."""
-        state = {"recent": self.state["recent"], "purchased": self.state["purchased"]}
-        return UserRecord(self.user_id, self.profile, state, self.version)
-
     def recent_items(self, limit: int | None = None) -> list[tuple[str, float, float]]:
         """``(item_id, weight, ts)`` most recent first (the ``limit`` most recent if given)."""
         return [(str(e[0]), float(e[1]), float(e[2])) for e in self.state["recent"][:limit]]

@@ -513,53 +513,23 @@ def parse_proc_status_kb(status: str, name: str) -> int | None:
     return None
 
 
-def parse_proc_parent(stat: str) -> int:
-    """The parent pid of a ``/proc/PID/stat`` line (field 4)."""
-    return int(stat.rsplit(")", 1)[1].split()[1])
-
-
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and every process descended from it (the worker and its refresh process)."""
-    children: dict[int, list[int]] = {}
-    for stat_path in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parent = parse_proc_parent(stat_path.read_text())
-        except (OSError, ValueError, IndexError):
-            continue  # gone meanwhile
-        children.setdefault(parent, []).append(int(stat_path.parent.name))
-    tree, waiting = [], [pid]
-    while waiting:
-        current = waiting.pop()
-        tree.append(current)
-        waiting += children.get(current, [])
-    return tree
-
-
 def process_cpu_seconds(pid: int) -> float | None:
-    """CPU seconds of ``pid`` and its descendants alive now; None if ``pid`` is gone."""
-    total = None
-    for member in process_tree(pid):
-        try:
-            stat = Path(f"/proc/{member}/stat").read_text()
-        except OSError:
-            continue
-        total = (total or 0.0) + parse_proc_cpu_seconds(stat, os.sysconf("SC_CLK_TCK"))
-    return total
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return parse_proc_cpu_seconds(stat, os.sysconf("SC_CLK_TCK"))
 
 
 def process_memory(pid: int) -> dict[str, int | None]:
-    """Resident memory of ``pid`` and its descendants (peak: the sum of each one's peak)."""
-    memory: dict[str, int | None] = {"rss_bytes": None, "peak_rss_bytes": None}
-    for member in process_tree(pid):
-        try:
-            status = Path(f"/proc/{member}/status").read_text()
-        except OSError:
-            continue
-        for field_name, name in (("rss_bytes", "VmRSS"), ("peak_rss_bytes", "VmHWM")):
-            value = parse_proc_status_kb(status, name)
-            if value is not None:
-                memory[field_name] = (memory[field_name] or 0) + value
-    return memory
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return {"rss_bytes": None, "peak_rss_bytes": None}
+    return {
+        "rss_bytes": parse_proc_status_kb(status, "VmRSS"),
+        "peak_rss_bytes": parse_proc_status_kb(status, "VmHWM"),
+    }
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -17,10 +17,6 @@ class StoreError(ShopPulseError):
     """Redis state could not be read or written as expected."""
 
 
-class RefreshError(ShopPulseError):
-    """The refresh process could not refresh a batch's recommendations."""
-
-
 class LocalStackError(ShopPulseError):
     """A local broker or Redis server could not be found or started."""
 

@@ -159,10 +159,6 @@ class Settings(BaseSettings):
         ge=1,
         description="Longest wait of a batch's first event for more, when none are waiting.",
     )
-    refresh_process: bool = Field(
-        True,
-        description="Refresh recommendations in a second process (uses a second core).",
-    )
 
     # Profiles.
     half_life_days: float = Field(

@@ -233,12 +233,7 @@ class Metrics:
             self.alerts.labels(kind).inc(count)
 
     def redis_failure(self, exc: BaseException, retried: bool = True) -> None:
-        self.redis_failure_named(type(exc).__name__, retried)
-
-    def redis_failure_named(self, error: str, retried: bool = True) -> None:
-        """A Redis failure known by its exception's class name (the refresh process reports
-        its failures to the worker this way: its own metrics are never scraped)."""
-        self.redis_errors.labels(error).inc()
+        self.redis_errors.labels(type(exc).__name__).inc()
         if retried:
             self.redis_retries.inc()
 

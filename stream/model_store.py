@@ -25,9 +25,6 @@ class ModelStore:
         self.client = client
         self.keys = keys
 
-    async def close(self) -> None:
-        await self.client.aclose()
-
     async def publish(self, model: PublishedModel, kind: str = KIND_ALS) -> None:
         """Write the version's fields and make it current in one transaction: a reader sees
         the old version or the new one, never a mix."""

@@ -1,30 +1,26 @@
-"""Two stages per batch; the second runs in the background, over every batch stored meanwhile.
+"""Two stages per batch, the second overlapping the next batch's first.
 
 A batch of user events is worked on in two stages: storing its events (decode, compute, one
-commit script) and finishing it (refreshing its users' recommendations: one read script,
-ranking, one write script; publishing; acking). :class:`CoalescingPipeline` runs first stages
-in the agent, one after the other, and second stages in a background task: while one second
-stage runs, the agent goes on taking and storing batches, and the next second stage takes
-every batch stored meanwhile at once. The agent merges them (each user's latest record) and
-refreshes each user once: under load a user active in several of those batches gets one new
-list instead of one per batch, computed from their latest state, so no event's effect is left
-out. Everything else stays as if batches ran one at a time:
+commit script) and refreshing its users' recommendations (one read script, ranking, one write
+script, publishing, acking). Run one after the other, the worker's CPU idles while Redis runs
+a script and Redis idles while the worker computes. :class:`TwoStagePipeline` runs batch N's
+second stage in the background while the agent takes batch N+1 and runs its first stage, and
+keeps everything else as if batches ran one at a time:
 
-* first stages run in the agent, one after the other, so a batch is stored only after the
-  previous one is (a user's events are applied in the order Kafka delivered them);
-* second stages run one at a time, over batches in the order they were stored, so lists are
-  published, and batches acked, in batch order; at most ``max_waiting`` stored batches wait
-  for one (back-pressure: the agent waits for room before taking more);
+* first stages run in the agent itself, one after the other, so the next batch is stored only
+  after the previous one is (a user's events are applied in the order Kafka delivered them);
+* at most one second stage is in flight, so lists are published, and batches acked, in batch
+  order; the next batch's second stage waits for it (back-pressure);
+* the agent takes the next batch only once the previous first stage is done, so a batch is
+  whatever arrived meanwhile, as without the overlap (batches grow with the load);
 * a second stage that raises stops the pipeline: the error is raised by the next ``submit``
   (or ``join``), as it would have been raised by the agent itself, and no later batch goes on.
 
-Overlap buys throughput; whether it also buys latency depends on where the second stage runs.
-With the refresh in a process of its own (stream/refresher.py, the default) the two stages use
-two cores and the agent always overlaps. With the refresh in the worker itself both share one
-core: a click would wait for the batch in progress, its own first stage and then its second
-stage, which competes with the next batch's first. So there the agent overlaps only under a
-backlog (a full batch: more events are waiting anyway) and otherwise finishes each batch before
-taking the next (``overlap=False``).
+Overlap buys throughput, not latency: while the two stages share the worker's one core, a
+click waits for the batch in progress, its own first stage and then its second stage, which
+now competes with the next batch's first. So the agent overlaps only under a backlog (a full
+batch: more events are waiting anyway) and otherwise finishes each batch before taking the
+next, as without the pipeline.
 
 Pure asyncio: no Kafka, Faust or Redis here, so it is unit-tested on its own.
 """
@@ -33,89 +29,57 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-MAX_WAITING = 8  # stored batches waiting for a second stage before the agent waits
 
+class TwoStagePipeline(Generic[T]):
+    """``submit(first, second)``: runs ``first()`` now, then ``second(result)`` in the
+    background once the previous batch's second stage is done."""
 
-class CoalescingPipeline(Generic[T]):
-    """``submit(first)`` runs ``first()`` now and queues its result; a background task runs
-    ``second(results)`` over every result queued since its last run, in order."""
-
-    def __init__(
-        self, second: Callable[[Sequence[T]], Awaitable[None]], max_waiting: int = MAX_WAITING
-    ) -> None:
-        self._second = second
-        self._max_waiting = max_waiting
-        self._waiting: list[T] = []
-        self._arrived = asyncio.Event()  # something is waiting
-        self._taken = asyncio.Event()  # the runner took what was waiting
-        self._idle = asyncio.Event()  # nothing waiting or running
-        self._idle.set()
-        self._runner: asyncio.Task[None] | None = None
+    def __init__(self) -> None:
+        self._previous: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
 
-    async def submit(self, first: Callable[[], Awaitable[T]], overlap: bool = True) -> None:
-        """Run a batch's first stage and queue its result; raises the error of a failed second
-        stage (or of this first stage). With ``overlap`` False, wait until the batch's second
-        stage is done too (the batch runs as if alone: see the module docstring)."""
+    async def submit(
+        self,
+        first: Callable[[], Awaitable[T]],
+        second: Callable[[T], Awaitable[None]],
+        overlap: bool = True,
+    ) -> None:
+        """Run a batch's first stage, then queue its second; raises the error of a failed
+        second stage (or of this first stage). With ``overlap`` False, wait for the second
+        stage too before returning (the batch runs as if alone: see the module docstring)."""
         self._raise_failure()
         result = await first()
-        self._waiting.append(result)
-        self._idle.clear()
-        self._arrived.set()
-        if self._runner is None:
-            self._runner = asyncio.ensure_future(self._run())
+        await self.join()  # one second stage in flight at most
+        self._previous = asyncio.ensure_future(self._second(result, second))
         if not overlap:
             await self.join()
-        while len(self._waiting) >= self._max_waiting and self._failure is None:
-            self._taken.clear()
-            await self._until(self._taken)
-        self._raise_failure()
 
     async def join(self) -> None:
-        """Wait until every queued batch's second stage is done; raises the error of a
-        failed one."""
-        if self._runner is not None and not self._idle.is_set():
-            await self._until(self._idle)
+        """Wait for the last second stage; raises the error of a failed one."""
+        if self._previous is not None:
+            await asyncio.wait([self._previous])
         self._raise_failure()
 
     async def close(self) -> None:
-        """Cancel the second stage in flight (shutdown: its batches are delivered again)."""
-        runner = self._runner
-        if runner is not None and not runner.done():
-            runner.cancel()
-            await asyncio.wait([runner])
+        """Cancel the second stage in flight (shutdown: its batch is delivered again)."""
+        previous = self._previous
+        if previous is not None and not previous.done():
+            previous.cancel()
+            await asyncio.wait([previous])
 
-    async def _until(self, event: asyncio.Event) -> None:
-        """Wait for ``event``, or for the runner to end (it failed, or was cancelled)."""
-        assert self._runner is not None
-        waiter = asyncio.ensure_future(event.wait())
+    async def _second(self, result: T, second: Callable[[T], Awaitable[None]]) -> None:
         try:
-            await asyncio.wait([waiter, self._runner], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-
-    async def _run(self) -> None:
-        while True:
-            await self._arrived.wait()
-            self._arrived.clear()
-            taken, self._waiting = self._waiting, []
-            self._taken.set()
-            try:
-                await self._second(taken)
-            except Exception as exc:
-                log.error("a second stage failed (%r); the pipeline stops", exc)
-                self._failure = exc
-                self._idle.set()
-                return
-            if not self._waiting:
-                self._idle.set()
+            await second(result)
+        except Exception as exc:
+            log.error("a batch's second stage failed (%r); the pipeline stops", exc)
+            self._failure = exc
 
     def _raise_failure(self) -> None:
         if self._failure is not None:

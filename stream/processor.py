@@ -25,10 +25,10 @@ from shoppulse.errors import InvalidEvent, ShopPulseError, StoreError
 from shoppulse.settings import Settings
 from stream.churn import BatchHistories, ChurnService, changes_history
 from stream.events import CatalogIn, decode_catalog, decode_click, decode_order
-from stream.keys import Keys, Topics
+from stream.keys import Topics
 from stream.model_store import ModelStore
 from stream.privacy import pseudonymise_events
-from stream.store import RedisStore, SimilarityParams, connect
+from stream.store import RedisStore, SimilarityParams
 
 log = logging.getLogger(__name__)
 
@@ -139,15 +139,6 @@ def similarity_params(settings: Settings) -> SimilarityParams:
 UserEvent = Interaction | Order
 
 
-def build_processor(settings: Settings) -> Processor:
-    """A processor with its own Redis connections. Build it where it will run: the pools
-    bind to the event loop that first uses them."""
-    keys = Keys(settings.namespace)
-    store = RedisStore(connect(settings.redis_dsn), keys)
-    models = ModelStore(connect(settings.redis_dsn, decode=False), keys)
-    return Processor(store, settings, models)
-
-
 class Processor:
     """Applies batches of events to Redis and recomputes the affected recommendations."""
 
@@ -168,11 +159,6 @@ class Processor:
         self.similarity_params = similarity_params(settings)
         self.wall_clock = wall_clock
         self.churn = ChurnService(store, settings)
-
-    async def close(self) -> None:
-        await self.store.close()
-        if self.models is not None:
-            await self.models.close()
 
     # -- user events (clicks and orders) ------------------------------------------------------
     def decode_user_events(
@@ -202,13 +188,14 @@ class Processor:
         return applied.outcome
 
     async def apply_user_events(self, raw_events: Sequence[RawEvent]) -> AppliedBatch:
-        """The first half of a batch: decode, store and score its events. The worker runs it
-        for the next batch while :meth:`refresh_applied` finishes the previous one (in the
-        refresh process, stream/refresher.py, or under a backlog in the worker itself)."""
+        """The first half of a batch: decode, store and score its events. Under a backlog the
+        agent runs it for the next batch while :meth:`refresh_applied` finishes the previous
+        one, so the worker computes while Redis works."""
         outcome = BatchOutcome()
         events = self.decode_user_events(raw_events, outcome)
         if not events:
             return AppliedBatch(outcome)
+        await self.follow_model()
         churn_model_changed = await self.churn.follow()
         records = await self._apply(events, outcome)
         clock = max(event.ts for event in events)
@@ -223,7 +210,6 @@ class Processor:
         ``applied.outcome.recommendations``. Duplicates-only users are refreshed too: if a
         previous attempt stored the events but died before the refresh, this one catches up."""
         if applied.records:
-            await self.follow_model()
             applied.outcome.recommendations = await self.refresh_recommendations(
                 applied.records, applied.clock
             )
