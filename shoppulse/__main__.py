@@ -1,4 +1,4 @@
 from shoppulse.cli import main
 
-if __name__ == "__main__":  # not when a spawned child (the refresh process) imports it
+if __name__ == "__main__":  # not when multiprocessing's spawn re-imports it in a child
     main()
