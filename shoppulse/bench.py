@@ -1478,16 +1478,13 @@ class _Bench:
     async def _consumed_short(self, target: _Target, moved_at: float) -> bool:
         """Whether a count still since ``moved_at`` is final: the worker's group committed
         past every acked event (asked once the count has been still a while, and then every
-        ``CONSUMED_CHECK_SECONDS``)."""
+        ``CONSUMED_CHECK_SECONDS``). Says so on the console when it is."""
         now = time.monotonic()
         if now - moved_at < CONSUMED_CHECK_SECONDS or now < self._next_consumed_check:
             return False
         self._next_consumed_check = now + CONSUMED_CHECK_SECONDS
-        acked = self._user_ends()
         try:
-            positions = await partition_positions(
-                self.settings.kafka_bootstrap, target.group, acked
-            )
+            acked, positions = await self._group_positions(target)
         except Exception:  # unanswered: the stall check decides
             return False
         if not consumed_through(acked, positions):
@@ -1499,16 +1496,22 @@ class _Bench:
         )
         return True
 
+    async def _group_positions(
+        self, target: _Target
+    ) -> tuple[dict[tuple[str, int], int], dict[tuple[str, int], tuple[int, int]]]:
+        """The acked ends of the user-event partitions, and for each the broker's log end and
+        the target group's committed offset."""
+        acked = self._user_ends()
+        positions = await partition_positions(self.settings.kafka_bootstrap, target.group, acked)
+        return acked, positions
+
     async def _stalled(self, target: _Target, count: int, expected: int) -> ShopPulseError:
         """The error for a worker that stopped short, with each partition whose broker log end
         (ListOffsets) or the worker group's committed offset is short of what the broker
         acknowledged to the bench: not delivered, or delivered and not finished."""
         message = f"the {target.name} worker took in only {count:,} of {expected:,} events"
-        acked = self._user_ends()
         try:
-            positions = await partition_positions(
-                self.settings.kafka_bootstrap, target.group, acked
-            )
+            acked, positions = await self._group_positions(target)
         except Exception as exc:  # the diagnosis is a courtesy: never hide the stall itself
             return ShopPulseError(f"{message} (offsets unread: {exc!r}); see {target.log_path}")
         where = short_partitions(acked, positions)
