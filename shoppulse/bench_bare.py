@@ -54,7 +54,7 @@ def create_bare_app(settings: Settings, run: str = "") -> faust.App:
     two in step) whose only agent decodes the user events' JSON."""
     app_id = bare_namespace(settings.namespace, run)
     topics = Topics(settings.namespace)
-    app = faust_app(app_id, settings)
+    app = faust_app(app_id, settings, lean_delivery=False)  # Faust as it is: the baseline
     user_events = app.topic(topics.clicks, topics.orders, key_type=bytes, value_type=bytes)
     keys = Keys(app_id)
     stats_key = keys.stats()

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from shoppulse import localstack
 from shoppulse.kafka import Publisher
@@ -132,6 +133,43 @@ async def test_sigkill_again_and_again_loses_nothing_and_counts_nothing_twice(
         assert profile["revenue"] == pytest.approx(revenue, abs=1e-6), user
     clean = await clean_run_cooccurrence(events, redis_url)
     assert await cooccurrence_of(stack.redis, stack.keys) == clean  # rounded to 1e-6
+
+
+async def test_a_worker_joining_under_a_backlog_loses_nothing_and_counts_nothing_twice(
+    make_stack: Callable[..., Awaitable[Stack]], redis_url: str
+) -> None:
+    """A rebalance while the first worker's stream buffers are full (small batches, thousands
+    of events fetched): deliveries blocked on a full buffer are abandoned when the flow is
+    suspended (stream/transport.py), and the partitions that move are read again from their
+    committed offsets by the newcomer."""
+    stack = await make_stack(workers=1, partitions=3, batch_size=50)
+    events = order_events(6000, seed=11)
+    await stack.publish_fast(stack.topics.orders, events)
+    await stack.until(lambda: _progress(stack, 300), 60, "progress")
+    stack.start_worker()
+    joined_at = await applied(stack)
+    await stack.until(lambda: _at_least(stack, len(events)), 180, "every order applied")
+    await asyncio.sleep(2)  # anything applied twice would show up now
+    assert joined_at < len(events) / 2, "the first worker was nearly done: make the load larger"
+    assert await _group_members(stack) == 2
+
+    assert await applied(stack) == len(events)
+    for user, (orders, revenue) in expected_totals(events).items():
+        profile = await stack.json(stack.keys.profile(user))
+        assert profile["orders"] == orders, user
+        assert profile["revenue"] == pytest.approx(revenue, abs=1e-6), user
+    clean = await clean_run_cooccurrence(events, redis_url)
+    assert await cooccurrence_of(stack.redis, stack.keys) == clean  # rounded to 1e-6
+
+
+async def _group_members(stack: Stack) -> int:
+    admin = AIOKafkaAdminClient(bootstrap_servers=stack.broker)
+    await admin.start()
+    try:
+        (response,) = await admin.describe_consumer_groups([stack.namespace])
+    finally:
+        await admin.close()
+    return len(response.groups[0][5])
 
 
 async def _progress(stack: Stack, since: int) -> bool | None:

@@ -1,0 +1,85 @@
+"""LeanDelivery (stream/transport.py) on a real ``mode`` Service, as Faust's consumer is one:
+the fetch loop's delivery step runs inline when it does not wait, and races the flow being
+suspended, as Faust's own ``wait_first`` does, when it does."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from mode import Service
+
+from stream.transport import LeanDelivery
+
+
+class Consumer(LeanDelivery, Service):
+    """The two parts of Faust's consumer that the delivery step uses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.suspend_flow = asyncio.Event()
+
+
+async def deliver(queue: asyncio.Queue[int], item: int, ran_in: list[Any]) -> None:
+    """Like Faust's on_message: put into the stream's buffer, waiting while it is full."""
+    ran_in.append(asyncio.current_task())
+    await queue.put(item)
+
+
+async def step(consumer: Consumer, delivery: Any) -> Any:
+    """The fetch loop's call, as ``Consumer._drain_messages`` makes it."""
+    return await consumer.wait_first(delivery, consumer.suspend_flow.wait())
+
+
+async def test_a_delivery_with_room_runs_inline_in_the_fetch_loop() -> None:
+    consumer, queue, ran_in = Consumer(), asyncio.Queue[int](maxsize=4), []
+    for n in range(3):
+        await step(consumer, deliver(queue, n, ran_in))
+    assert [queue.get_nowait() for _ in range(3)] == [0, 1, 2]
+    assert ran_in == [asyncio.current_task()] * 3  # no task of its own
+
+
+async def test_a_delivery_that_waits_finishes_once_there_is_room() -> None:
+    consumer, queue, ran_in = Consumer(), asyncio.Queue[int](maxsize=1), []
+    queue.put_nowait(0)
+    fetch_loop = asyncio.ensure_future(step(consumer, deliver(queue, 1, ran_in)))
+    await asyncio.sleep(0.05)
+    assert not fetch_loop.done(), "the step must wait while the buffer is full"
+    assert queue.get_nowait() == 0
+    await asyncio.wait_for(fetch_loop, 1)
+    assert queue.get_nowait() == 1
+
+
+async def test_a_waiting_delivery_is_abandoned_when_the_flow_is_suspended() -> None:
+    consumer, queue, ran_in = Consumer(), asyncio.Queue[int](maxsize=1), []
+    queue.put_nowait(0)
+    fetch_loop = asyncio.ensure_future(step(consumer, deliver(queue, 1, ran_in)))
+    await asyncio.sleep(0.05)
+    consumer.suspend_flow.set()  # a rebalance: the fetch loop must not stay blocked
+    await asyncio.wait_for(fetch_loop, 1)
+    assert queue.get_nowait() == 0
+    await asyncio.sleep(0.05)  # the abandoned delivery was cancelled, not left to finish
+    assert queue.empty()
+
+
+async def test_while_suspended_the_step_is_faust_own() -> None:
+    consumer, queue, ran_in = Consumer(), asyncio.Queue[int](maxsize=1), []
+    consumer.suspend_flow.set()
+    await asyncio.wait_for(step(consumer, deliver(queue, 1, ran_in)), 1)
+    assert ran_in and ran_in[0] is not asyncio.current_task()  # a task, as in Faust
+
+
+async def test_an_error_in_the_delivery_is_raised_in_the_fetch_loop() -> None:
+    async def broken() -> None:
+        raise ValueError("bad message")
+
+    with pytest.raises(ValueError, match="bad message"):
+        await step(Consumer(), broken())
+
+
+async def test_other_waits_are_left_to_mode() -> None:
+    consumer, other = Consumer(), asyncio.Event()
+    other.set()
+    result = await consumer.wait_first(other.wait(), timeout=1)
+    assert result.stopped is False and result.results == [True]
