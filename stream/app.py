@@ -2,8 +2,8 @@
 
 One agent reads clicks and orders together (both keyed by user, so one user's events are
 handled by one worker, in order); another reads the catalog. Each batch is stored (one commit
-script plus a few pipelined reads), then its users' lists are refreshed and published; under a
-backlog the refresh overlaps the next batch's storing (stream/pipeline.py). Kafka offsets are
+script plus a few pipelined reads), then its users' lists are refreshed and published while the
+next batch is stored (stream/pipeline.py). Kafka offsets are
 acknowledged only after both, so a crash means redelivery, which dedupe turns into no-ops.
 """
 
@@ -195,9 +195,7 @@ def create_app(settings: Settings) -> faust.App:
                     await publish(applied.outcome)
                     await acknowledge(stream, events)
 
-                # Overlap only under a backlog (a full batch): see stream/pipeline.py.
-                backlog = len(events) >= settings.batch_size
-                await pipeline.submit(partial(isolate_failures, batch, store), finish, backlog)
+                await pipeline.submit(partial(isolate_failures, batch, store), finish)
             await pipeline.join()
         finally:
             await pipeline.close()

@@ -188,8 +188,8 @@ class Processor:
         return applied.outcome
 
     async def apply_user_events(self, raw_events: Sequence[RawEvent]) -> AppliedBatch:
-        """The first half of a batch: decode, store and score its events. Under a backlog the
-        agent runs it for the next batch while :meth:`refresh_applied` finishes the previous
+        """The first half of a batch: decode, store and score its events. The agent runs it
+        for the next batch while :meth:`refresh_applied` finishes the previous
         one, so the worker computes while Redis works."""
         outcome = BatchOutcome()
         events = self.decode_user_events(raw_events, outcome)

@@ -100,15 +100,3 @@ async def test_close_cancels_the_second_stage_in_flight() -> None:
     assert log.order("second", "start") == [0]
     await asyncio.wait_for(pipeline.close(), timeout=1.0)
     assert log.order("second", "end") == []  # cut short: its batch is left unacked
-
-
-async def test_without_overlap_a_batch_is_finished_before_submit_returns() -> None:
-    log, pipeline = Log(), TwoStagePipeline[int]()
-    for batch in range(3):
-        first, second = log.stages(batch, 0.002, 0.01)
-        await pipeline.submit(first, second, overlap=False)
-        assert log.steps[-1] == ("second", batch, "end")  # nothing left in flight
-    steps = log.steps
-    assert all(
-        steps.index(("first", b + 1, "start")) > steps.index(("second", b, "end")) for b in range(2)
-    )
