@@ -19,6 +19,7 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import SecretStr
 
 from models.churn import ChurnModel
@@ -188,6 +189,17 @@ class Stack:
             await consumer.stop()
         assert len(documents) >= count, f"{topic}: {len(documents)} of {count} documents"
         return documents
+
+    async def consumer_group(self) -> tuple[str, int]:
+        """The workers' consumer group as the broker describes it: its state and members."""
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.broker)
+        await admin.start()
+        try:
+            (response,) = await admin.describe_consumer_groups([self.namespace])
+        finally:
+            await admin.close()
+        (_, _, state, _, _, members) = response.groups[0]
+        return str(state), len(members)
 
     async def json_hash(self, key: str) -> dict[str, str] | None:
         return await self.redis.hgetall(key) or None  # type: ignore[misc]

@@ -20,7 +20,6 @@ from typing import Any
 
 import orjson
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 
 from shoppulse.bench import LoadSpec, build_world, catalog_documents, generate_user_events
 from shoppulse.settings import Settings
@@ -91,18 +90,12 @@ async def _items_known(stack: Stack, count: int) -> bool | None:
 
 
 async def _stable_members(stack: Stack) -> int:
-    """Members of the worker group, as the broker describes it once the group is stable (the
-    broker here, Tansu, leaves the assignments out; the round-robin assignor gives each of n
-    members a share of the partitions)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=stack.broker)
-    await admin.start()
-    try:
-        (response,) = await admin.describe_consumer_groups([stack.namespace])
-    finally:
-        await admin.close()
-    (_, _, state, _, _, members) = response.groups[0]
+    """Members of the worker group, once the group is stable (the broker here, Tansu, leaves
+    the assignments out; the round-robin assignor gives each of n members a share of the
+    partitions)."""
+    state, members = await stack.consumer_group()
     assert state == "Stable", state
-    return len(members)
+    return members
 
 
 async def _item_counts(stack: Stack) -> dict[str, Any]:
