@@ -195,7 +195,11 @@ class ChurnService:
 
     async def follow(self) -> bool:
         """Switch to the published churn version if it changed (one GET). True if it did."""
-        version = await self.models_store.current_version()
+        return await self.follow_version(await self.models_store.current_version())
+
+    async def follow_version(self, version: str | None) -> bool:
+        """Switch to churn ``version`` (the current one, as read) unless already scoring with
+        it. True if it switched."""
         if version is None or version in self.refused_models:
             return False
         if self.models is not None and self.models.version == version:

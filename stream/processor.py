@@ -28,7 +28,7 @@ from stream.events import CatalogIn, decode_catalog, decode_click, decode_order
 from stream.keys import Topics
 from stream.model_store import ModelStore
 from stream.privacy import pseudonymise_events
-from stream.store import RedisStore, SimilarityParams
+from stream.store import LoadedBatch, RedisStore, SimilarityParams
 
 log = logging.getLogger(__name__)
 
@@ -195,13 +195,20 @@ class Processor:
         events = self.decode_user_events(raw_events, outcome)
         if not events:
             return AppliedBatch(outcome)
-        await self.follow_model()
-        churn_model_changed = await self.churn.follow()
-        records = await self._apply(events, outcome)
+        users = list(dict.fromkeys(event.user_id for event in events))
+        items = sorted(_items_of(events))
+        # One read gives the records and what used to take three more round trips (the two
+        # served versions, the clock), each of which could wait behind the previous batch's
+        # refresh script in Redis.
+        loaded = await self.store.load_batch(users, items)
+        await self.follow_model_version(loaded.als_version)
+        churn_model_changed = await self.churn.follow_version(loaded.churn_version)
+        records, stored_clock = await self._apply(events, users, items, loaded, outcome)
         clock = max(event.ts for event in events)
         # Silence: as the service's clock crosses a UTC day (or a new churn model is live),
-        # every customer is re-scored, by the one worker that claims it.
-        now = max(clock, await self.store.clock() or clock)
+        # every customer is re-scored, by the one worker that claims it. The clock as read
+        # with the batch: the commit raises it to this batch's clock at most, which `max` adds.
+        now = max(clock, stored_clock if stored_clock is not None else clock)
         outcome.alerts += await self.churn.after_batch(now, churn_model_changed)
         return AppliedBatch(outcome, list(records.values()), clock)
 
@@ -214,15 +221,23 @@ class Processor:
                 applied.records, applied.clock
             )
 
-    async def _apply(self, events: list[UserEvent], outcome: BatchOutcome) -> dict[str, UserRecord]:
-        """Apply events to freshly read records and commit; re-read and redo on a conflict.
+    async def _apply(
+        self,
+        events: list[UserEvent],
+        users: list[str],
+        items: list[str],
+        loaded: LoadedBatch,
+        outcome: BatchOutcome,
+    ) -> tuple[dict[str, UserRecord], float | None]:
+        """Apply events to the records read (``loaded``) and commit; re-read and redo on a
+        conflict.
 
-        Returns the records of all the batch's users as committed."""
-        users = list(dict.fromkeys(event.user_id for event in events))
-        items = sorted(_items_of(events))
+        Returns the records of all the batch's users as committed, and the clock as read."""
         clock = max(event.ts for event in events)
-        for _ in range(MAX_COMMIT_ATTEMPTS):
-            records, categories = await self.store.load_users(users, items)
+        for attempt in range(MAX_COMMIT_ATTEMPTS):
+            if attempt:
+                loaded = await self.store.load_batch(users, items)
+            records, categories = loaded.records, loaded.categories
             deltas = ItemDeltas()
             histories = BatchHistories(self.churn.config.caps)
             applied, changed_users = 0, set[str]()
@@ -251,7 +266,7 @@ class Processor:
                 outcome.applied += applied
                 outcome.duplicates += len(events) - applied
                 outcome.alerts += scores.alerts
-                return records
+                return records, loaded.clock
             log.info("version conflict for %d users; re-reading", len(stale))
         raise StoreError(f"could not commit a batch after {MAX_COMMIT_ATTEMPTS} attempts")
 
@@ -272,7 +287,12 @@ class Processor:
         """Switch to the published ALS version if it changed (one GET; cheap per batch)."""
         if self.models is None:
             return
-        version = await self.models.current_version()
+        await self.follow_model_version(await self.models.current_version())
+
+    async def follow_model_version(self, version: str | None) -> None:
+        """Switch to ALS ``version`` (the current one, as read) unless already serving it."""
+        if self.models is None:
+            return
         if version is None or version in self.refused_models:
             return
         if self.scorer is not None and self.scorer.version == version:

@@ -26,7 +26,7 @@ from models.recommend import Neighbours
 from models.similarity import shrunk_cosine_array
 from stream.events import CatalogIn
 from stream.keys import Keys
-from stream.model_store import KIND_ALS
+from stream.model_store import KIND_ALS, KIND_CHURN
 
 ALERTS_KEPT = 1000  # length of the {ns}:alerts list (newest first)
 # Neighbour ranks (sim:i scores) are stored as whole numbers: the rank times this, rounded.
@@ -67,6 +67,17 @@ class RecommendationInputs:
     out_of_stock: set[str]
 
 
+@dataclass(slots=True)
+class LoadedBatch:
+    """What :meth:`RedisStore.load_batch` reads for a batch of user events."""
+
+    records: dict[str, UserRecord]
+    categories: dict[str, str | None]  # item -> catalog category
+    als_version: str | None  # the served ALS version, None if none is published
+    churn_version: str | None  # the served churn version, likewise
+    clock: float | None  # the service clock (highest event time stored), None before any
+
+
 class RedisStore:
     """Typed reads and atomic writes of ShopPulse state."""
 
@@ -93,14 +104,32 @@ class RedisStore:
         self, user_ids: Sequence[str], item_ids: Sequence[str]
     ) -> tuple[dict[str, UserRecord], dict[str, str | None]]:
         """Current records of the users and catalog categories of the items, in one call."""
+        records, categories, _ = await self._load(user_ids, item_ids, [])
+        return records, categories
+
+    async def load_batch(self, user_ids: Sequence[str], item_ids: Sequence[str]) -> LoadedBatch:
+        """What a batch of user events reads before it is applied, in one call: the users'
+        records, the items' categories, the served model versions and the service clock."""
+        keys = self.keys
+        heads = [keys.current_model(KIND_ALS), keys.current_model(KIND_CHURN), keys.clock()]
+        records, categories, (als, churn, clock) = await self._load(user_ids, item_ids, heads)
+        return LoadedBatch(
+            records, categories, als, churn, float(clock) if clock is not None else None
+        )
+
+    async def _load(
+        self, user_ids: Sequence[str], item_ids: Sequence[str], string_keys: Sequence[str]
+    ) -> tuple[dict[str, UserRecord], dict[str, str | None], list[str | None]]:
         keys = self.keys
         args: list[str | int] = [
             len(user_ids),
+            len(string_keys),
+            *string_keys,
             *map(keys.user_state, user_ids),
             *map(keys.profile, user_ids),
             *map(keys.item, item_ids),
         ]
-        states, profiles, found = await self._load_users(args=args)
+        states, profiles, found, strings = await self._load_users(args=args)
         records: dict[str, UserRecord] = {}
         for n, user_id in enumerate(user_ids):
             version, state, profile = states[2 * n], states[2 * n + 1], profiles[n]
@@ -111,7 +140,7 @@ class RedisStore:
                 records[user_id] = UserRecord(
                     user_id, orjson.loads(profile), orjson.loads(state), int(version)
                 )
-        return records, dict(zip(item_ids, found, strict=True))
+        return records, dict(zip(item_ids, found, strict=True)), list(strings)
 
     async def commit(
         self,

@@ -397,3 +397,26 @@ async def test_loading_more_users_than_a_script_can_unpack_at_once(processor: Pr
     assert {item: categories[item] for item in ITEMS} == few_categories
     assert few_categories == {item: CATEGORY.get(item) for item in ITEMS}
     assert all(categories[f"x{n}"] is None for n in range(9_000))
+
+
+async def test_a_batch_read_gives_the_records_the_served_versions_and_the_clock(
+    processor: Processor,
+) -> None:
+    """``load_batch`` is one script call: the records and categories ``load_users`` gives, and
+    what the stream used to read with three GETs (served ALS and churn versions, clock)."""
+    events = event_stream()
+    await deliver(processor, events)
+    store, keys = processor.store, processor.store.keys
+    before = await store.load_batch(USERS[:3], ITEMS)
+    assert (before.als_version, before.churn_version) == (None, None)
+    assert before.clock == max(float(e["ts"]) for e in events)
+
+    await store.client.set(keys.current_model("als"), "als-test")
+    await store.client.set(keys.current_model("churn"), "churn-test")
+    loaded = await store.load_batch(USERS[:3], ITEMS)
+    records, categories = await store.load_users(USERS[:3], ITEMS)
+    assert (loaded.als_version, loaded.churn_version) == ("als-test", "churn-test")
+    assert loaded.categories == categories == {item: CATEGORY.get(item) for item in ITEMS}
+    for user in USERS[:3]:
+        assert loaded.records[user].state == records[user].state
+        assert loaded.records[user].version == records[user].version > 0
