@@ -309,6 +309,10 @@ class Broker(_ChildServer):
         return kafka_reachable(self.bootstrap, timeout=timeout, security=self.security)
 
 
+# Sorted sets up to this size are stored as listpacks: above the co-occurrence cap's default.
+LISTPACK_ZSET_ENTRIES = 256
+
+
 class RedisServer(_ChildServer):
     """A throw-away ``redis-server`` on 127.0.0.1 that writes nothing to disk."""
 
@@ -341,6 +345,9 @@ class RedisServer(_ChildServer):
             "no",
             "--daemonize",
             "no",
+            # As docker-compose.yml: co-occurrence sets (up to SHOPPULSE_COOC_CAP) stay compact.
+            "--zset-max-listpack-entries",
+            str(LISTPACK_ZSET_ENTRIES),
         ]
 
     def _ready(self, timeout: float) -> bool:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
+from shoppulse.localstack import LISTPACK_ZSET_ENTRIES
 from shoppulse.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -116,6 +117,12 @@ def test_kafka_data_lives_on_its_volume() -> None:
 def test_redis_uses_the_alpine_image() -> None:
     assert services()["redis"]["image"] == "redis:7-alpine"
     assert "redis-cli" in services()["redis"]["healthcheck"]["test"]
+
+
+def test_redis_keeps_co_occurrence_sets_of_the_default_cap_as_listpacks() -> None:
+    command = services()["redis"]["command"]
+    entries = int(command[command.index("--zset-max-listpack-entries") + 1])
+    assert entries == LISTPACK_ZSET_ENTRIES >= Settings.model_fields["cooc_cap"].default
 
 
 def test_the_worker_exposes_its_web_port_without_pinning_a_host_port() -> None:
