@@ -713,10 +713,12 @@ def build_report(
     started_at: float = 0.0,
     duration: float = 0.0,
     bare_right_after: DrainResult | None = None,
+    latency_base: float | None = None,
 ) -> dict[str, Any]:
     """All the figures of one run, as plain JSON-able data, keys in REPORT_KEYS order. The
     drain ratio is against the mean rate of the bare drains (``bare``, after everything, and
-    ``bare_right_after``, right after the ShopPulse drain, when there is one)."""
+    ``bare_right_after``, right after the ShopPulse drain, when there is one). The latency
+    loads are fractions of ``latency_base`` when given, else of the ShopPulse drain rate."""
     bare_figures, shoppulse_figures = bare.as_dict(), shoppulse.as_dict()
     bare_rates = [run.rate for run in (bare_right_after, bare) if run is not None]
     known = [rate for rate in bare_rates if rate is not None]
@@ -747,6 +749,10 @@ def build_report(
             "ratio_to_each": [_round(ratio(shoppulse.rate, rate), 3) for rate in bare_rates],
         },
         "latency": {
+            "load_base": "given" if latency_base is not None else "shoppulse_drain",
+            "load_base_events_per_second": _round(
+                latency_base if latency_base is not None else shoppulse.rate, 1
+            ),
             "shoppulse": [dict(phase) for phase in latency.get("shoppulse", ())],
             "bare_faust": [dict(phase) for phase in latency.get("bare_faust", ())],
         },
@@ -874,9 +880,16 @@ def report_table(report: Mapping[str, Any]) -> Table:
 
 
 # -- the run -----------------------------------------------------------------------------------
-def run_bench(settings: Settings, quick: bool, out_path: Path, console: Console) -> dict[str, Any]:
+def run_bench(
+    settings: Settings,
+    quick: bool,
+    out_path: Path,
+    console: Console,
+    latency_base: float | None = None,
+) -> dict[str, Any]:
     """Run the whole bench (see the module docstring); print a table, write the JSON report to
-    ``out_path`` and return it."""
+    ``out_path`` and return it. ``latency_base`` (events/s) fixes what the latency phases'
+    loads are fractions of, so two versions of the code are compared at the same load."""
     plan = QUICK if quick else FULL
     if not localstack.redis_reachable(settings.redis_dsn):
         raise ShopPulseError("Redis is not reachable (SHOPPULSE_REDIS_URL)")
@@ -903,7 +916,7 @@ def run_bench(settings: Settings, quick: bool, out_path: Path, console: Console)
                 ),
             }
         )
-        bench = _Bench(bench_settings, plan, console, log_dir, owns_broker)
+        bench = _Bench(bench_settings, plan, console, log_dir, owns_broker, latency_base)
         try:
             report = asyncio.run(bench.run(broker))
         finally:
@@ -947,8 +960,10 @@ class _Bench:
         console: Console,
         log_dir: Path,
         owns_broker: bool,
+        latency_base: float | None = None,
     ) -> None:
         self.settings = settings
+        self.latency_base = latency_base
         self.plan = plan
         self.console = console
         self.log_dir = log_dir
@@ -1020,11 +1035,12 @@ class _Bench:
                 ):
                     bare_right_after = await self._bare_drain(RIGHT_AFTER, len(events))
             latency = []
-            if shoppulse.rate:
+            base = self.latency_base or shoppulse.rate
+            if base:
                 with self._timed("probe_warmup", "warming up the probe users"):
                     await self._warm_probe_users(ours)
                 for fraction in LATENCY_FRACTIONS:
-                    latency.append(await self._latency_phase(ours, fraction, shoppulse.rate))
+                    latency.append(await self._latency_phase(ours, fraction, base))
             with self._timed("memory", "sampling Redis memory"):
                 memory = await self._memory(used_before)
             memory["shoppulse_worker"] = process_memory(process.pid)
@@ -1035,9 +1051,9 @@ class _Bench:
                 bare = await self._watch(bare_target, everything, plan.warmup_events)
                 bare.self_reported_rate = await self._self_reported_rate(everything, bare_target)
             bare_latency = []
-            if shoppulse.rate:
+            if base:
                 for fraction in plan.bare_latency_fractions:
-                    phase = await self._latency_phase(bare_target, fraction, shoppulse.rate)
+                    phase = await self._latency_phase(bare_target, fraction, base)
                     bare_latency.append(phase)
             memory["bare_worker"] = process_memory(bare_target.process.pid)
 
@@ -1051,6 +1067,7 @@ class _Bench:
             warmup=warmup,
             bare=bare,
             bare_right_after=bare_right_after,
+            latency_base=self.latency_base,
             shoppulse=shoppulse,
             latency={"shoppulse": latency, "bare_faust": bare_latency},
             memory=memory,

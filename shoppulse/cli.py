@@ -555,6 +555,14 @@ def bench(
         float | None,
         typer.Option(min=1, help="Soak rate, events/s (default: half the measured drain rate)."),
     ] = None,
+    latency_base: Annotated[
+        float | None,
+        typer.Option(
+            min=1,
+            help="Events/s that the latency phases' 50% and 80% are of (default: the measured "
+            "ShopPulse drain rate); fix it to compare two versions at the same load.",
+        ),
+    ] = None,
 ) -> None:
     """Drain rate of a bare Faust worker and of the ShopPulse worker side by side,
     click-to-recommendation latency at 50% and 80% load, memory and CPU per event."""
@@ -568,7 +576,7 @@ def bench(
             return
         from shoppulse.bench import run_bench
 
-        run_bench(settings, quick, out, console)
+        run_bench(settings, quick, out, console, latency_base)
     except ShopPulseError as exc:
         fail(str(exc))
 

@@ -335,7 +335,11 @@ def _phase(fraction: float, p99: float) -> dict[str, Any]:
     }
 
 
-def _report(p99: float = 120.0, bare_right_after: DrainResult | None = None) -> dict[str, Any]:
+def _report(
+    p99: float = 120.0,
+    bare_right_after: DrainResult | None = None,
+    latency_base: float | None = None,
+) -> dict[str, Any]:
     return build_report(
         plan=QUICK,
         settings=Settings(namespace="bench1"),
@@ -362,7 +366,17 @@ def _report(p99: float = 120.0, bare_right_after: DrainResult | None = None) -> 
         started_at=1.0,
         duration=42.0,
         bare_right_after=bare_right_after,
+        latency_base=latency_base,
     )
+
+
+def test_the_report_names_what_the_latency_loads_are_fractions_of() -> None:
+    measured = _report()
+    assert measured["latency"]["load_base"] == "shoppulse_drain"
+    drain_rate = measured["drain"]["shoppulse"]["events_per_second"]
+    assert measured["latency"]["load_base_events_per_second"] == drain_rate
+    given = _report(latency_base=2600.0)["latency"]
+    assert (given["load_base"], given["load_base_events_per_second"]) == ("given", 2600.0)
 
 
 def test_the_report_has_every_section_in_order_and_is_json() -> None:
