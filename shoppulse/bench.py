@@ -63,7 +63,7 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -382,6 +382,7 @@ class BenchPlan:
     probe_rate: float  # probes per second
     probe_users: int
     memory_samples: int  # keys of each kind sampled with MEMORY USAGE
+    latency_fractions: tuple[float, ...]  # of the ShopPulse drain rate, for ShopPulse
     bare_latency_fractions: tuple[float, ...]  # of the ShopPulse rate, for the Faust baseline
     # A second bare drain right after the ShopPulse drain (the ratio uses both): ~10 s more,
     # which would take the quick mode past a minute.
@@ -398,6 +399,7 @@ QUICK = BenchPlan(
     probe_rate=25.0,
     probe_users=32,
     memory_samples=200,
+    latency_fractions=LATENCY_FRACTIONS,
     bare_latency_fractions=(0.5,),
     bare_right_after=False,
 )
@@ -411,9 +413,20 @@ FULL = BenchPlan(
     probe_rate=30.0,
     probe_users=64,
     memory_samples=1_000,
+    latency_fractions=LATENCY_FRACTIONS,
     bare_latency_fractions=LATENCY_FRACTIONS,
     bare_right_after=True,
 )
+
+
+def without_latency(plan: BenchPlan) -> BenchPlan:
+    """``plan`` without its latency phases: the same load, warm-up and drains (about a minute
+    at full load instead of five), for comparing two versions' drain rates back to back. A
+    full run drains 150,000 events; a quick run's drain lasts about 3 s, so its start-up weighs
+    on every figure."""
+    return replace(
+        plan, mode=f"{plan.mode}, drain only", latency_fractions=(), bare_latency_fractions=()
+    )
 
 
 # -- maths -------------------------------------------------------------------------------------
@@ -886,11 +899,15 @@ def run_bench(
     out_path: Path,
     console: Console,
     latency_base: float | None = None,
+    drain_only: bool = False,
 ) -> dict[str, Any]:
     """Run the whole bench (see the module docstring); print a table, write the JSON report to
     ``out_path`` and return it. ``latency_base`` (events/s) fixes what the latency phases'
-    loads are fractions of, so two versions of the code are compared at the same load."""
+    loads are fractions of, so two versions of the code are compared at the same load;
+    ``drain_only`` skips the latency phases (:func:`without_latency`)."""
     plan = QUICK if quick else FULL
+    if drain_only:
+        plan = without_latency(plan)
     if not localstack.redis_reachable(settings.redis_dsn):
         raise ShopPulseError("Redis is not reachable (SHOPPULSE_REDIS_URL)")
     log_dir = Path(tempfile.mkdtemp(prefix="shoppulse-bench-"))
@@ -1039,7 +1056,7 @@ class _Bench:
             if base:
                 with self._timed("probe_warmup", "warming up the probe users"):
                     await self._warm_probe_users(ours)
-                for fraction in LATENCY_FRACTIONS:
+                for fraction in plan.latency_fractions:
                     latency.append(await self._latency_phase(ours, fraction, base))
             with self._timed("memory", "sampling Redis memory"):
                 memory = await self._memory(used_before)

@@ -563,9 +563,18 @@ def bench(
             "ShopPulse drain rate); fix it to compare two versions at the same load.",
         ),
     ] = None,
+    drain_only: Annotated[
+        bool,
+        typer.Option(
+            help="Only the drains, no latency phases: about a minute at full load, to compare "
+            "two versions' drain rates back to back."
+        ),
+    ] = False,
 ) -> None:
     """Drain rate of a bare Faust worker and of the ShopPulse worker side by side,
     click-to-recommendation latency at 50% and 80% load, memory and CPU per event."""
+    if drain_only and (latency_base is not None or soak is not None):
+        fail("--drain-only measures no latency and runs no soak: drop --latency-base and --soak")
     settings = load_settings()
     try:
         if soak is not None:
@@ -576,7 +585,7 @@ def bench(
             return
         from shoppulse.bench import run_bench
 
-        run_bench(settings, quick, out, console, latency_base)
+        run_bench(settings, quick, out, console, latency_base, drain_only)
     except ShopPulseError as exc:
         fail(str(exc))
 

@@ -19,6 +19,7 @@ from shoppulse.bench import (
     FULL,
     QUICK,
     REPORT_KEYS,
+    BenchPlan,
     DrainResult,
     LoadSpec,
     UserEvent,
@@ -42,6 +43,7 @@ from shoppulse.bench import (
     report_table,
     settings_env,
     short_partitions,
+    without_latency,
     zipf_weights,
 )
 from shoppulse.bench_bare import PROBE_USER_PREFIX, bare_namespace
@@ -368,6 +370,22 @@ def _report(
         bare_right_after=bare_right_after,
         latency_base=latency_base,
     )
+
+
+@pytest.mark.parametrize("plan", [QUICK, FULL], ids=["quick", "full"])
+def test_a_drain_only_plan_keeps_the_load_and_the_drains_and_drops_the_latency(
+    plan: BenchPlan,
+) -> None:
+    drains = without_latency(plan)
+    assert (drains.latency_fractions, drains.bare_latency_fractions) == ((), ())
+    assert plan.latency_fractions and plan.bare_latency_fractions
+    assert (drains.load, drains.warmup_events, drains.drain_events) == (
+        plan.load,
+        plan.warmup_events,
+        plan.drain_events,
+    )
+    assert drains.bare_right_after == plan.bare_right_after  # the ratio's two bare drains
+    assert drains.mode == f"{plan.mode}, drain only"
 
 
 def test_the_report_names_what_the_latency_loads_are_fractions_of() -> None:

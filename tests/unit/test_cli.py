@@ -80,6 +80,13 @@ def test_a_bad_retrain_interval_is_refused() -> None:
     assert "duration" in result.output
 
 
+@pytest.mark.parametrize("other", [["--latency-base", "5000"], ["--soak", "1"]])
+def test_a_drain_only_bench_refuses_what_it_does_not_measure(other: list[str]) -> None:
+    result = runner.invoke(cli, ["bench", "--drain-only", *other])
+    assert result.exit_code == 2
+    assert "--drain-only measures no latency" in one_line_error(result)
+
+
 def test_a_negative_rate_is_refused() -> None:
     result = runner.invoke(cli, ["replay", "movielens-100k", "--rate", "-5"])
     assert result.exit_code == 2
