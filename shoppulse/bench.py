@@ -29,6 +29,7 @@ One run, on one machine, in a fresh namespace whose Redis keys are deleted at th
    only, so a few small commands per poll). The bare worker gets the same probes at 50% (and
    in full mode 80%) of the ShopPulse rate; it sets a key per probe user after decoding the
    batch, which gives the floor that Faust and the broker alone put under the latency.
+   ``--drain-only`` skips this step (:func:`without_latency`).
    Polling rather than consuming ``{ns}.recommendations``: the topic is written after Redis
    and read through a fetch loop, which would add the producer's linger and the fetch wait to
    every figure, and consuming it means decoding every user's list at up to 80% of the max
@@ -1053,7 +1054,7 @@ class _Bench:
                     bare_right_after = await self._bare_drain(RIGHT_AFTER, len(events))
             latency = []
             base = self.latency_base or shoppulse.rate
-            if base:
+            if base and plan.latency_fractions:
                 with self._timed("probe_warmup", "warming up the probe users"):
                     await self._warm_probe_users(ours)
                 for fraction in plan.latency_fractions:
