@@ -412,7 +412,9 @@ def _category_scores(
 ) -> SourceScores:
     """Per user and item, the best ``affinity * relative popularity in the category``."""
     relative: dict[str, tuple[NDArray[np.int64], NDArray[np.float64]]] = {}
-    row_parts, col_parts, value_parts = [], [], []
+    pair_rows: list[int] = []  # one (user, favourite category) pair each
+    pair_affinities: list[float] = []
+    col_parts, value_parts = [], []
     for row, user in enumerate(users):
         for category, affinity in user.favourites:
             if affinity <= 0.0 or not category_items.get(category):
@@ -424,13 +426,19 @@ def _category_scores(
                     np.fromiter(scores.values(), dtype=np.float64, count=len(scores)),
                 )
             cols, values = relative[category]
-            row_parts.append(np.full(len(cols), row, dtype=np.int64))
+            pair_rows.append(row)
+            pair_affinities.append(affinity)
             col_parts.append(cols)
-            value_parts.append(affinity * values)
-    if not row_parts:
+            value_parts.append(values)
+    if not pair_rows:
         return SourceScores(_ints([]), _ints([]), np.zeros(0))
-    rows, cols = np.concatenate(row_parts), np.concatenate(col_parts)
-    values = np.concatenate(value_parts)
+    lengths = [len(cols) for cols in col_parts]
+    rows = np.repeat(_ints(pair_rows), lengths)
+    cols = np.concatenate(col_parts)
+    values = np.repeat(np.asarray(pair_affinities), lengths) * np.concatenate(value_parts)
+    listed = [cols for cols, _ in relative.values()]
+    if sum(map(len, listed)) == len(np.unique(np.concatenate(listed))):
+        return SourceScores(rows, cols, values)  # no item in two categories: nothing to merge
     # An item in two favourite categories keeps its better score (a max, not a sum).
     order = np.lexsort((-values, cols, rows))
     rows, cols, values = rows[order], cols[order], values[order]
