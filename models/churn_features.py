@@ -477,6 +477,8 @@ class _OrderView:
         if count < 3 or previous is None or first is None or last is None or previous <= first:
             return 1.0
         usual = (previous - first) / (count - 2)
+        if usual <= 0.0:  # gaps too small for a double (subnormal times): no usual gap known
+            return 1.0
         return (last - previous) / usual
 
     def _reversals(self, d: Dropped, count: int, spend: float) -> dict[str, float]:

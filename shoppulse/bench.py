@@ -909,6 +909,8 @@ def run_bench(
     plan = QUICK if quick else FULL
     if drain_only:
         plan = without_latency(plan)
+    if settings.redis_cluster:  # its memory figures read one server's INFO
+        raise ShopPulseError("the bench measures a single Redis: unset SHOPPULSE_REDIS_CLUSTER")
     if not localstack.redis_reachable(settings.redis_dsn):
         raise ShopPulseError("Redis is not reachable (SHOPPULSE_REDIS_URL)")
     log_dir = Path(tempfile.mkdtemp(prefix="shoppulse-bench-"))

@@ -99,7 +99,7 @@ def _parse_problem(exc: SettingsError) -> str:
 
 def require_services(settings: Settings) -> None:
     """Fail with a readable message, not a traceback, when Kafka or Redis is unreachable."""
-    problem = localstack.redis_problem(settings.redis_dsn)
+    problem = localstack.redis_problem(settings.redis_dsn, cluster=settings.redis_cluster)
     if problem is not None:
         fail(f"Redis is not reachable at {_safe_url(settings.redis_dsn)}: {problem}")
     if not localstack.kafka_reachable(settings.kafka_bootstrap, security=_kafka_security(settings)):
@@ -198,7 +198,7 @@ def _retrain_round(settings: Settings, check_services: bool = False) -> bool:
 
 
 def _services_problem(settings: Settings) -> str | None:
-    problem = localstack.redis_problem(settings.redis_dsn)
+    problem = localstack.redis_problem(settings.redis_dsn, cluster=settings.redis_cluster)
     if problem is not None:
         return f"Redis is not reachable at {_safe_url(settings.redis_dsn)}: {problem}"
     if not localstack.kafka_reachable(settings.kafka_bootstrap, security=_kafka_security(settings)):
@@ -464,7 +464,7 @@ def _evaluate_churn_live(out: Path, seed: int, customers: int | None, clickstrea
     from workers.churn_live import markdown, run_live_churn
 
     settings = load_settings()
-    if not localstack.redis_reachable(settings.redis_dsn):
+    if not localstack.redis_reachable(settings.redis_dsn, cluster=settings.redis_cluster):
         fail(f"Redis is not reachable at {_safe_url(settings.redis_dsn)}")
     result = _run(run_live_churn(settings, console, out, seed, clickstream, customers))
     table = Table(title=f"churn risk through the live service ({result.mode}, seed {seed})")
@@ -491,7 +491,7 @@ def _evaluate_streaming(folder: Path, out: Path) -> None:
     from workers.prequential import as_report, run_streaming
 
     settings = load_settings()
-    if not localstack.redis_reachable(settings.redis_dsn):
+    if not localstack.redis_reachable(settings.redis_dsn, cluster=settings.redis_cluster):
         fail(f"Redis is not reachable at {_safe_url(settings.redis_dsn)}")
     results = _run(run_streaming(settings, folder, console))
     table = Table(title="MovieLens-100k, time-ordered replay (prequential HR@10)")
@@ -511,7 +511,7 @@ def _evaluate_live(folder: Path, out: Path) -> None:
     from workers.live_eval import run_live
 
     settings = load_settings()
-    if not localstack.redis_reachable(settings.redis_dsn):
+    if not localstack.redis_reachable(settings.redis_dsn, cluster=settings.redis_cluster):
         fail(f"Redis is not reachable at {_safe_url(settings.redis_dsn)}")
     result = _run(run_live(settings, folder, console, out))
     metrics = result.metrics
@@ -598,7 +598,7 @@ def status() -> None:
     table = Table(title=f"ShopPulse · namespace {settings.namespace}", show_header=False)
     table.add_column("what")
     table.add_column("state")
-    redis_problem = localstack.redis_problem(settings.redis_dsn)
+    redis_problem = localstack.redis_problem(settings.redis_dsn, cluster=settings.redis_cluster)
     redis_up = redis_problem is None
     kafka_up = localstack.kafka_reachable(
         settings.kafka_bootstrap, security=_kafka_security(settings)
@@ -634,7 +634,7 @@ def _up(up: bool, where: str) -> str:
 
 
 def _redis_status(settings: Settings) -> dict[str, str]:
-    keys = Keys(settings.namespace)
+    keys = Keys.of(settings)
     with _redis_client(settings, decode=True) as client:
         stats = client.hgetall(keys.stats())
         clock = client.get(keys.clock())
@@ -651,7 +651,9 @@ def _redis_status(settings: Settings) -> dict[str, str]:
     }
 
 
-def _model_state(client: redis.Redis, current_key: str, published_key: str) -> str:
+def _model_state(
+    client: redis.Redis | redis.RedisCluster, current_key: str, published_key: str
+) -> str:
     """The serving version of one model kind and how long ago it was published."""
     raw = client.get(current_key)
     if raw is None:
@@ -674,13 +676,16 @@ def _user_id(value: str) -> str:
 
 
 @contextmanager
-def _redis_client(settings: Settings, decode: bool = False) -> Iterator[redis.Redis]:
+def _redis_client(
+    settings: Settings, decode: bool = False
+) -> Iterator[redis.Redis | redis.RedisCluster]:
     """A synchronous Redis client; a bad URL or a Redis error ends the command with one line
     (never the password)."""
     import redis
 
     try:
-        client = redis.Redis.from_url(settings.redis_dsn, decode_responses=decode)
+        opener = redis.RedisCluster if settings.redis_cluster else redis.Redis
+        client = opener.from_url(settings.redis_dsn, decode_responses=decode)
     except (TypeError, ValueError) as exc:
         _redis_failed(settings, "bad Redis URL", exc)
     try:
@@ -708,7 +713,7 @@ def _read_json(settings: Settings, key: str) -> Any:
 def recs(user: Annotated[str, typer.Argument(help="User id.", callback=_user_id)]) -> None:
     """Show a user's current recommendations."""
     settings = load_settings()
-    document = _read_json(settings, Keys(settings.namespace).recs(_stored_id(settings, user)))
+    document = _read_json(settings, Keys.of(settings).recs(_stored_id(settings, user)))
     if document is None:
         fail(f"no recommendations for user {user!r} in namespace {settings.namespace!r}")
     console.print(recommendation_table(document))
@@ -738,7 +743,7 @@ def recommendation_table(document: dict[str, Any], titles: dict[str, str] | None
 def profile(user: Annotated[str, typer.Argument(help="User id.", callback=_user_id)]) -> None:
     """Show a user's live profile as JSON."""
     settings = load_settings()
-    document = _read_json(settings, Keys(settings.namespace).profile(_stored_id(settings, user)))
+    document = _read_json(settings, Keys.of(settings).profile(_stored_id(settings, user)))
     if document is None:
         fail(f"no profile for user {user!r} in namespace {settings.namespace!r}")
     console.print_json(orjson.dumps(document).decode())
@@ -1027,7 +1032,7 @@ def local_services(settings: Settings) -> Iterator[dict[str, str]]:
         "SHOPPULSE_REDIS_URL": settings.redis_dsn,
     }
     with ExitStack() as stack:
-        problem = localstack.redis_problem(settings.redis_dsn)
+        problem = localstack.redis_problem(settings.redis_dsn, cluster=settings.redis_cluster)
         if problem is None:
             console.print(f"Redis: using {_safe_url(settings.redis_dsn)}")
         else:
@@ -1078,9 +1083,9 @@ def worker_process(env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
 
 
 async def events_seen(settings: Settings) -> int:
-    from stream.store import RedisStore, connect
+    from stream.store import RedisStore, redis_for
 
-    store = RedisStore(connect(settings.redis_dsn), Keys(settings.namespace))
+    store = RedisStore(redis_for(settings), Keys.of(settings))
     try:
         return await store.events_seen()
     finally:
@@ -1089,9 +1094,9 @@ async def events_seen(settings: Settings) -> int:
 
 async def wait_for_replay(settings: Settings, target: int, timeout: float = 900) -> list[str]:
     """Wait until the worker has taken in ``target`` events in all; returns users to show."""
-    from stream.store import RedisStore, connect
+    from stream.store import RedisStore, redis_for
 
-    store = RedisStore(connect(settings.redis_dsn), Keys(settings.namespace))
+    store = RedisStore(redis_for(settings), Keys.of(settings))
     try:
         with console.status("waiting for the worker to catch up") as status:
             deadline = time.monotonic() + timeout
@@ -1106,7 +1111,7 @@ async def wait_for_replay(settings: Settings, target: int, timeout: float = 900)
 
 
 def show_recommendations(settings: Settings, users: list[str]) -> None:
-    keys = Keys(settings.namespace)
+    keys = Keys.of(settings)
     for user in users:
         document = _read_json(settings, keys.recs(user))
         if document is None:
@@ -1116,7 +1121,7 @@ def show_recommendations(settings: Settings, users: list[str]) -> None:
 
 
 def _titles(settings: Settings, item_ids: list[str]) -> dict[str, str]:
-    keys = Keys(settings.namespace)
+    keys = Keys.of(settings)
     with _redis_client(settings, decode=True) as client:
         pipe = client.pipeline(transaction=False)
         for item_id in item_ids:

@@ -52,7 +52,8 @@ class ShopPulseClient:
     """Async client of one ShopPulse namespace (an ``async with`` block, or call ``close``).
 
     ``settings`` defaults to the environment (``SHOPPULSE_KAFKA_BOOTSTRAP``,
-    ``SHOPPULSE_REDIS_URL``, ``SHOPPULSE_NAMESPACE``); the keyword arguments override it.
+    ``SHOPPULSE_REDIS_URL``, ``SHOPPULSE_REDIS_CLUSTER``, ``SHOPPULSE_NAMESPACE``); the keyword
+    arguments override it.
     With ``SHOPPULSE_PSEUDONYMISE_KEY`` set, reads take the shop's own user ids and look up
     their pseudonyms, as the worker stored them."""
 
@@ -67,7 +68,8 @@ class ShopPulseClient:
         base = settings or get_settings()
         self.kafka_bootstrap = kafka_bootstrap or base.kafka_bootstrap
         self.namespace = namespace or base.namespace
-        self.keys = Keys(self.namespace)
+        self._cluster = base.redis_cluster
+        self.keys = Keys(self.namespace, hash_tag=self._cluster)
         self.topics = Topics(self.namespace)
         self._redis_url = redis_url or base.redis_dsn
         self._security = security_options(base)  # TLS/SASL from the settings
@@ -194,7 +196,7 @@ class ShopPulseClient:
     @property
     def store(self) -> RedisStore:
         if self._store is None:
-            self._store = RedisStore(connect(self._redis_url), self.keys)
+            self._store = RedisStore(connect(self._redis_url, cluster=self._cluster), self.keys)
         return self._store
 
     async def recommendations(self, user_id: str | int) -> dict[str, Any] | None:

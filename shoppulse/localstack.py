@@ -85,14 +85,15 @@ def parse_bootstrap(bootstrap: str) -> tuple[str, int]:
         raise LocalStackError(f"bad Kafka bootstrap address {bootstrap!r}: {exc}") from None
 
 
-def redis_reachable(url: str, timeout: float = 1.0) -> bool:
+def redis_reachable(url: str, timeout: float = 1.0, cluster: bool = False) -> bool:
     """True if a Redis at ``url`` answers PING; never raises (a bad URL is "not reachable")."""
-    return redis_problem(url, timeout) is None
+    return redis_problem(url, timeout, cluster) is None
 
 
-def redis_problem(url: str, timeout: float = 1.0) -> str | None:
-    """Why a Redis at ``url`` cannot be used (refused, wrong credentials, TLS, bad URL), or
-    None if it answers PING. Never raises; the reason never holds the URL's password."""
+def redis_problem(url: str, timeout: float = 1.0, cluster: bool = False) -> str | None:
+    """Why a Redis at ``url`` cannot be used (refused, wrong credentials, TLS, bad URL, a
+    cluster node where a single server is configured or the reverse), or None if it answers
+    PING. Never raises; the reason never holds the URL's password."""
     # Broad on purpose: callers ask "can I use it?", and every failure means no.
     try:
         client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
@@ -100,12 +101,26 @@ def redis_problem(url: str, timeout: float = 1.0) -> str | None:
         return without_password(f"bad Redis URL ({exc})", url)
     try:
         client.ping()
+        return _cluster_mismatch(client, cluster)
     except redis.AuthenticationError as exc:
         return without_password(f"Redis refused the credentials ({exc})", url)
     except Exception as exc:
         return without_password(f"{type(exc).__name__}: {exc}", url)
     finally:
         client.close()
+
+
+def _cluster_mismatch(client: redis.Redis, cluster: bool) -> str | None:
+    # A single-server client on a cluster node fails only on the first key of another node's
+    # slots (MOVED), and a cluster client on a single server at start-up: say which it is.
+    try:
+        enabled = bool(client.info("cluster").get("cluster_enabled"))
+    except redis.ResponseError:  # INFO refused (some managed services): trust the setting
+        return None
+    if enabled and not cluster:
+        return "it is a Redis Cluster node: set SHOPPULSE_REDIS_CLUSTER=true"
+    if cluster and not enabled:
+        return "SHOPPULSE_REDIS_CLUSTER=true, but it is a single Redis, not a cluster node"
     return None
 
 
@@ -352,6 +367,110 @@ class RedisServer(_ChildServer):
 
     def _ready(self, timeout: float) -> bool:
         return redis_reachable(self.url, timeout=timeout)
+
+
+CLUSTER_SLOTS = 16384
+
+
+class RedisClusterNode(RedisServer):
+    """A throw-away ``redis-server`` in cluster mode; its node table goes to ``folder``."""
+
+    name = "redis cluster node"
+
+    def __init__(self, port: int, folder: Path, log_path: Path | None = None) -> None:
+        super().__init__(port, log_path)
+        self.folder = folder
+        # Named, not the default port + 10000: that is out of range for high free ports.
+        self.bus_port = free_port()
+
+    def _argv(self) -> list[str]:
+        return [
+            *super()._argv(),
+            "--cluster-enabled",
+            "yes",
+            "--cluster-port",
+            str(self.bus_port),
+            "--cluster-config-file",
+            str(self.folder / f"nodes-{self.port}.conf"),
+            "--dir",
+            str(self.folder),
+        ]
+
+    def _ready(self, timeout: float) -> bool:
+        return redis_reachable(self.url, timeout=timeout, cluster=True)
+
+
+class LocalRedisCluster:
+    """A throw-away Redis Cluster on 127.0.0.1: ``nodes`` primaries on free ports, the slots
+    split evenly between them, no replicas, nothing kept on disk after ``stop``. For tests, and
+    to try ``SHOPPULSE_REDIS_CLUSTER`` without a real cluster."""
+
+    def __init__(self, nodes: int = 3, startup_timeout: float = 30.0) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="shoppulse-redis-cluster-"))
+        self.nodes = [
+            RedisClusterNode(free_port(), self.folder, self.folder / f"node{n}.log")
+            for n in range(nodes)
+        ]
+        self.startup_timeout = startup_timeout
+        self.url = self.nodes[0].url  # any node will do: clients learn the slot map from it
+
+    def start(self) -> Self:
+        try:
+            for node in self.nodes:
+                node.start()
+            self._assign_slots_and_meet()
+            self._wait_until_ok()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _assign_slots_and_meet(self) -> None:
+        share = -(-CLUSTER_SLOTS // len(self.nodes))
+        first = redis.Redis(host=LOCALHOST, port=self.nodes[0].port)
+        try:
+            for n, node in enumerate(self.nodes):
+                slots = range(n * share, min((n + 1) * share, CLUSTER_SLOTS))
+                with redis.Redis(host=LOCALHOST, port=node.port) as client:
+                    client.cluster("ADDSLOTS", *slots)
+                if n:
+                    first.cluster("MEET", LOCALHOST, node.port, node.bus_port)
+        finally:
+            first.close()
+
+    def _wait_until_ok(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if all(self._knows_whole_cluster(node.port) for node in self.nodes):
+                return
+            time.sleep(_POLL_INTERVAL)
+        raise LocalStackError(
+            f"the local Redis Cluster was not ready after {self.startup_timeout:.0f}s "
+            f"(node logs in {self.folder})"
+        )
+
+    def _knows_whole_cluster(self, port: int) -> bool:
+        # Every node must know every other and the whole slot map: clients may ask any of them.
+        with redis.Redis(host=LOCALHOST, port=port, decode_responses=True) as client:
+            info = client.cluster("INFO")  # parsed into a dict of strings
+        known = int(info.get("cluster_known_nodes", 0))
+        return info.get("cluster_state") == "ok" and known == len(self.nodes)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
 
 
 @contextmanager

@@ -102,6 +102,18 @@ def redis_url_problem(url: str) -> str | None:
     return None
 
 
+def cluster_url_problem(url: str) -> str | None:
+    """Why a (well-formed) Redis URL cannot name a Redis Cluster node, or None."""
+    from redis.connection import parse_url
+
+    if url.startswith("unix://"):
+        return "the Redis URL must be redis:// or rediss:// (a cluster is reached over TCP)"
+    database = parse_url(url).get("db", 0)  # type: ignore[no-untyped-call]
+    if int(database) != 0:
+        return f"the Redis URL must name database 0 (a Redis Cluster has no database {database})"
+    return None
+
+
 class Settings(BaseSettings):
     """Every setting ShopPulse reads, with its default. Frozen: read once, passed around."""
 
@@ -119,6 +131,11 @@ class Settings(BaseSettings):
     )
     redis_url: SecretStr = Field(
         SecretStr("redis://localhost:6379/0"), description="Redis URL (may hold a password)."
+    )
+    redis_cluster: bool = Field(
+        False,
+        description="The Redis URL names a node of a Redis Cluster: keys become {ns}:..., "
+        "one hash slot per namespace.",
     )
     namespace: str = Field(
         "shoppulse", description="Prefix of every topic ({ns}.) and Redis key ({ns}:)."
@@ -284,6 +301,14 @@ class Settings(BaseSettings):
                 "SHOPPULSE_KAFKA_SASL_USERNAME and SHOPPULSE_KAFKA_SASL_PASSWORD are needed "
                 f"with SHOPPULSE_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _cluster_url_fits(self) -> Settings:
+        if self.redis_cluster:
+            problem = cluster_url_problem(self.redis_dsn)
+            if problem is not None:
+                raise ValueError(f"with SHOPPULSE_REDIS_CLUSTER=true, {problem}")
         return self
 
     @model_validator(mode="after")

@@ -150,6 +150,8 @@ def run_soak(
     ``out_path`` and return it."""
     if minutes <= 0:
         raise ShopPulseError("the soak needs a positive number of minutes")
+    if settings.redis_cluster:  # its memory figures read one server's INFO
+        raise ShopPulseError("the soak measures a single Redis: unset SHOPPULSE_REDIS_CLUSTER")
     if not localstack.redis_reachable(settings.redis_dsn):
         raise ShopPulseError("Redis is not reachable (SHOPPULSE_REDIS_URL)")
     log_dir = Path(tempfile.mkdtemp(prefix="shoppulse-soak-"))

@@ -29,7 +29,7 @@ from stream.metrics import METRICS, Metrics, record_batch
 from stream.model_store import ModelStore
 from stream.pipeline import TwoStagePipeline
 from stream.processor import AppliedBatch, BatchOutcome, Processor, RawEvent, dead_letter
-from stream.store import RedisStore, connect
+from stream.store import RedisStore, redis_for
 from stream.transport import acknowledge, faust_app, faust_worker, take_batches
 from stream.web import register_web
 
@@ -144,9 +144,9 @@ def create_app(settings: Settings) -> faust.App:
     def processor() -> Processor:
         # Created on first use, inside the worker's event loop, which the Redis pool binds to.
         if "processor" not in state:
-            keys = Keys(settings.namespace)
-            store = RedisStore(connect(settings.redis_dsn), keys)
-            models = ModelStore(connect(settings.redis_dsn, decode=False), keys)
+            keys = Keys.of(settings)
+            store = RedisStore(redis_for(settings), keys)
+            models = ModelStore(redis_for(settings, decode=False), keys)
             state["processor"] = Processor(store, settings, models)
         return state["processor"]
 

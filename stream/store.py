@@ -12,12 +12,13 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from itertools import chain, compress
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import orjson
 import redis.asyncio as aioredis
 from numpy.typing import NDArray
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 
 from models.decay import log_forward_weight, logaddexp
@@ -27,6 +28,9 @@ from models.similarity import shrunk_cosine_array
 from stream.events import CatalogIn
 from stream.keys import Keys
 from stream.model_store import KIND_ALS, KIND_CHURN
+
+if TYPE_CHECKING:
+    from shoppulse.settings import Settings
 
 ALERTS_KEPT = 1000  # length of the {ns}:alerts list (newest first)
 # Neighbour ranks (sim:i scores) are stored as whole numbers: the rank times this, rounded.
@@ -42,11 +46,23 @@ def _lua(name: str, *shared: str) -> str:
     return "\n".join(folder.joinpath(part).read_text(encoding="utf-8") for part in (*shared, name))
 
 
-def connect(url: str, decode: bool = True) -> aioredis.Redis:
+def connect(url: str, decode: bool = True, cluster: bool = False) -> aioredis.Redis:
     """An async client with a connection pool (hiredis parses replies when installed).
 
-    ``decode=False`` keeps replies as bytes, for binary values such as model factors."""
+    ``decode=False`` keeps replies as bytes, for binary values such as model factors.
+    ``cluster=True``: ``url`` names any node of a Redis Cluster; the client learns the slot map
+    from it and sends each command (each script, by its first key) to the slot's node."""
+    if cluster:
+        client = RedisCluster.from_url(url, decode_responses=decode, health_check_interval=30)
+        # The commands, pipelines and scripts this code uses behave alike on both clients
+        # (tests/integration/test_redis_cluster.py runs the service on a real cluster).
+        return cast(aioredis.Redis, client)
     return aioredis.Redis.from_url(url, decode_responses=decode, health_check_interval=30)
+
+
+def redis_for(settings: Settings, decode: bool = True) -> aioredis.Redis:
+    """A client for the configured Redis (a single server or a cluster)."""
+    return connect(settings.redis_dsn, decode=decode, cluster=settings.redis_cluster)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +100,9 @@ class RedisStore:
     def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
         self.client = client
         self.keys = keys
+        # Each script declares one key, which a Redis Cluster client routes it by: every key a
+        # script touches is in the namespace's slot (Keys.hash_tag), so any one of them will do.
+        self._slot = [keys.clock()]
         self._commit: AsyncScript = client.register_script(
             _lua("commit_batch.lua", "neighbour_counts.lua")
         )
@@ -129,7 +148,7 @@ class RedisStore:
             *map(keys.profile, user_ids),
             *map(keys.item, item_ids),
         ]
-        states, profiles, found, strings = await self._load_users(args=args)
+        states, profiles, found, strings = await self._load_users(keys=self._slot, args=args)
         records: dict[str, UserRecord] = {}
         for n, user_id in enumerate(user_ids):
             version, state, profile = states[2 * n], states[2 * n + 1], profiles[n]
@@ -190,7 +209,7 @@ class RedisStore:
             **self._churn_payload(risks),
         }
         documents += [orjson.dumps(alert) for alert in alerts]
-        stale = await self._commit(args=[orjson.dumps(payload), *documents])
+        stale = await self._commit(keys=self._slot, args=[orjson.dumps(payload), *documents])
         return [str(user_id) for user_id in stale]
 
     def _churn_payload(self, risks: Sequence[tuple[str, float]]) -> dict[str, Any]:
@@ -217,7 +236,10 @@ class RedisStore:
             ALERT_LEASE_SECONDS,
             limit,
         ]
-        return [orjson.loads(document) for document in await self._claim_alerts(args=args)]
+        return [
+            orjson.loads(document)
+            for document in await self._claim_alerts(keys=self._slot, args=args)
+        ]
 
     async def churn_histories(self, user_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """The stored churn history (``state["churn"]``, plain data) of each user having one."""
@@ -255,7 +277,7 @@ class RedisStore:
             "alert_users": [alert["user_id"] for alert in alerts],
             **self._churn_payload(risks),
         }
-        stale = await self._scores(args=[orjson.dumps(payload), *documents])
+        stale = await self._scores(keys=self._slot, args=[orjson.dumps(payload), *documents])
         return [str(user_id) for user_id in stale]
 
     def _popularity_updates(self, deltas: ItemDeltas, half_life: float) -> list[list[Any]]:
@@ -330,7 +352,9 @@ class RedisStore:
             if item.in_stock is not None:
                 document["in_stock"] = item.in_stock
             documents.append(document)
-        changed = await self._catalog(args=[orjson.dumps(documents), self.keys.out_of_stock()])
+        changed = await self._catalog(
+            keys=self._slot, args=[orjson.dumps(documents), self.keys.out_of_stock()]
+        )
         return int(changed)
 
     async def item_attributes(self, item_ids: Sequence[str]) -> dict[str, dict[str, str]]:
@@ -365,7 +389,7 @@ class RedisStore:
             "out_of_stock": keys.out_of_stock(),
             "extra": list(more_candidates),
         }
-        reply = await self._candidates(args=[orjson.dumps(payload)])
+        reply = await self._candidates(keys=self._slot, args=[orjson.dumps(payload)])
         popular, popular_oos, category_replies, categories_oos = reply[:4]
         item_norms, counts, others, other_norms, others_oos, extra_oos = reply[4:]
         out_of_stock = _flagged(_flat_members(popular), popular_oos)
@@ -416,7 +440,9 @@ class RedisStore:
         }
         if accept_models is not None:
             payload |= {"current_key": keys.current_model(KIND_ALS), "accept": list(accept_models)}
-        reply = await self._write_recs(args=[orjson.dumps(payload), *map(orjson.dumps, documents)])
+        reply = await self._write_recs(
+            keys=self._slot, args=[orjson.dumps(payload), *map(orjson.dumps, documents)]
+        )
         skipped = {documents[int(n) - 1]["user_id"] for n in reply[1:]}
         return bool(int(reply[0])), skipped
 

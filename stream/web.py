@@ -32,7 +32,7 @@ from stream.keys import Keys, Topics
 from stream.metrics import CONTENT_TYPE, METRICS, Metrics
 from stream.model_store import KIND_ALS, KIND_CHURN, ChurnModelStore, ModelStore
 from stream.privacy import user_key
-from stream.store import connect
+from stream.store import redis_for
 
 log = logging.getLogger(__name__)
 
@@ -67,16 +67,14 @@ class WebState:
     def redis(self) -> aioredis.Redis:
         # Created on first use, inside the worker's event loop, which the pool binds to.
         if "redis" not in self.clients:
-            self.clients["redis"] = connect(self.settings.redis_dsn)
+            self.clients["redis"] = redis_for(self.settings)
         client: aioredis.Redis = self.clients["redis"]
         return client
 
     @property
     def models(self) -> ModelStore:
         if "models" not in self.clients:
-            self.clients["models"] = ModelStore(
-                connect(self.settings.redis_dsn, decode=False), self.keys
-            )
+            self.clients["models"] = ModelStore(redis_for(self.settings, decode=False), self.keys)
         models: ModelStore = self.clients["models"]
         return models
 
@@ -312,7 +310,7 @@ def register_web(app: faust.App, settings: Settings, metrics: Metrics = METRICS)
     metrics.use_pseudonyms(settings.pseudonymise_key)  # the latency histogram needs it
     if not settings.web_enabled:
         return None
-    state = WebState(settings, Keys(settings.namespace), Topics(settings.namespace), metrics)
+    state = WebState(settings, Keys.of(settings), Topics(settings.namespace), metrics)
 
     def reply(view: Any, document: Any, status: int = 200) -> Any:
         return view.bytes(orjson.dumps(document), content_type=JSON, status=status)

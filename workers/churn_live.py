@@ -37,7 +37,7 @@ from shoppulse.replay import ShopEvents, shop_events
 from shoppulse.settings import Settings
 from shoppulse.simulator import PUBLISHED_SEEDS, ShopConfig, SimulatedShop, simulate_shop
 from stream.keys import Keys, Topics
-from stream.store import RedisStore, connect
+from stream.store import RedisStore, redis_for
 from workers.churn_eval import Row, _single_feature, customer_subsets, metric_row
 from workers.churn_train import ChurnTrainer
 from workers.live_eval import broker_for, evaluation_settings, settings_env, wait_for
@@ -100,7 +100,7 @@ async def run_live_churn(
             settings.partitions,
         )
         await ensure_topics(bootstrap, [topics.churn_alerts, topics.deadletter], 1)
-        store = RedisStore(connect(settings.redis_dsn), Keys(namespace))
+        store = RedisStore(redis_for(settings), Keys.of(settings))
         try:
             log_path = log_dir / f"worker-{namespace}.log"
             with localstack.worker_process(settings_env(settings), log_path, "warning") as process:
@@ -127,7 +127,7 @@ async def run_live_churn(
                 all_alerts = await read_alerts(bootstrap, topics.churn_alerts)
                 later_seconds = time.monotonic() - started
         finally:
-            async for key in store.client.scan_iter(f"{namespace}:*", count=1000):
+            async for key in store.client.scan_iter(store.keys.pattern(), count=1000):
                 await store.client.delete(key)
             await store.close()
     alerts = _alert_figures(shop, horizon, clock, users, truth, first, all_alerts)

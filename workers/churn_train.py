@@ -31,7 +31,7 @@ from shoppulse.settings import Settings
 from stream.churn import ChurnService
 from stream.keys import Keys, Topics
 from stream.model_store import ChurnModels, ChurnModelStore
-from stream.store import RedisStore, connect
+from stream.store import RedisStore, redis_for
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +121,8 @@ class ChurnTrainer:
     def __init__(self, settings: Settings, publish_to_kafka: bool = True) -> None:
         self.settings = settings
         self.publish_to_kafka = publish_to_kafka
-        self.keys = Keys(settings.namespace)
-        self.store = RedisStore(connect(settings.redis_dsn), self.keys)
+        self.keys = Keys.of(settings)
+        self.store = RedisStore(redis_for(settings), self.keys)
         self.models = ChurnModelStore(self.store.client, self.keys)
 
     async def close(self) -> None:

@@ -31,7 +31,7 @@ from shoppulse.kafka import Publisher, ensure_topics
 from shoppulse.replay import movielens_events
 from shoppulse.settings import Settings
 from stream.keys import Keys, Topics
-from stream.store import RedisStore, connect
+from stream.store import RedisStore, redis_for
 from workers.retrain import Retrainer
 
 K = 10
@@ -145,7 +145,7 @@ async def run_live(base: Settings, data_dir: Path, console: Console, log_dir: Pa
     namespace = f"eval{uuid.uuid4().hex[:8]}"
     with broker_for(base) as bootstrap:
         settings = evaluation_settings(base, namespace, bootstrap)
-        store = RedisStore(connect(settings.redis_dsn), Keys(namespace))
+        store = RedisStore(redis_for(settings), Keys.of(settings))
         try:
             log_path = log_dir / f"worker-{namespace}.log"
             with localstack.worker_process(settings_env(settings), log_path, "warning") as process:
@@ -169,6 +169,6 @@ async def run_live(base: Settings, data_dir: Path, console: Console, log_dir: Pa
                 metrics, namespace, versions, len(train), ingest_seconds, retrain_seconds
             )
         finally:
-            async for key in store.client.scan_iter(f"{namespace}:*", count=1000):
+            async for key in store.client.scan_iter(store.keys.pattern(), count=1000):
                 await store.client.delete(key)
             await store.close()

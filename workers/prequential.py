@@ -31,7 +31,7 @@ from shoppulse.settings import Settings
 from stream.keys import Keys, Topics
 from stream.model_store import ModelStore
 from stream.processor import SECONDS_PER_DAY, Processor, RawEvent
-from stream.store import RedisStore, connect
+from stream.store import RedisStore, redis_for
 from workers.retrain import Retrainer
 
 CONFIGURATIONS = ("frozen", "retrain", "realtime")
@@ -65,14 +65,14 @@ class Replay:
         )
         self.configuration = configuration
         self.period = retrain_days * SECONDS_PER_DAY
-        self.keys = Keys(namespace)
+        self.keys = Keys.of(self.settings)
         self.topics = Topics(namespace)
-        self.store = RedisStore(connect(self.settings.redis_dsn), self.keys)
-        models = ModelStore(connect(self.settings.redis_dsn, decode=False), self.keys)
+        self.store = RedisStore(redis_for(self.settings), self.keys)
+        models = ModelStore(redis_for(self.settings, decode=False), self.keys)
         self.processor = Processor(self.store, self.settings, models)
 
     async def close(self) -> None:
-        async for key in self.store.client.scan_iter(f"{self.settings.namespace}:*", count=1000):
+        async for key in self.store.client.scan_iter(self.keys.pattern(), count=1000):
             await self.store.client.delete(key)
         await self.store.close()
         if self.processor.models is not None:

@@ -47,7 +47,7 @@ from shoppulse.settings import Settings
 from stream.keys import Keys, Topics
 from stream.model_store import ModelStore
 from stream.processor import SECONDS_PER_DAY, Processor
-from stream.store import RedisStore, connect
+from stream.store import RedisStore, redis_for
 
 log = logging.getLogger(__name__)
 HOLDOUT_K = 10
@@ -169,9 +169,9 @@ class Retrainer:
     ) -> None:
         self.settings = settings
         self.publish_to_kafka = publish_to_kafka
-        self.keys = Keys(settings.namespace)
-        self.store = RedisStore(connect(settings.redis_dsn), self.keys)
-        self.models = ModelStore(connect(settings.redis_dsn, decode=False), self.keys)
+        self.keys = Keys.of(settings)
+        self.store = RedisStore(redis_for(settings), self.keys)
+        self.models = ModelStore(redis_for(settings, decode=False), self.keys)
         self.show_progress = show_progress
         show_progress_lines()
 

@@ -43,6 +43,13 @@ def broker() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def redis_cluster_url() -> Iterator[str]:
+    """A local Redis Cluster of three primaries (started once, on first use)."""
+    with localstack.LocalRedisCluster(nodes=3) as cluster:
+        yield cluster.url
+
+
+@pytest.fixture(scope="session")
 def redis_url() -> str:
     if not localstack.redis_reachable(REDIS_URL):
         pytest.fail(f"integration tests need Redis at {REDIS_URL} (see .ci/run)")
@@ -56,7 +63,8 @@ class Stack:
         self.broker = broker
         self.redis_url = redis_url
         self.namespace = namespace
-        self.keys = Keys(namespace)
+        self.cluster = str(settings.get("redis_cluster", "false")).lower() == "true"
+        self.keys = Keys(namespace, hash_tag=self.cluster)
         self.topics = Topics(namespace)
         self.env = {
             **os.environ,
@@ -70,7 +78,7 @@ class Stack:
         }
         self.workers: list[subprocess.Popen[bytes]] = []
         self.started = 0  # workers started so far, for their log names
-        self.redis = aioredis.Redis.from_url(redis_url, decode_responses=True)
+        self.redis = connect(redis_url, cluster=self.cluster)
 
     async def start(self, partitions: int = 2) -> None:
         topics = self.topics
@@ -205,7 +213,7 @@ class Stack:
         return await self.redis.hgetall(key) or None  # type: ignore[misc]
 
     async def cleanup_keys(self) -> None:
-        async for key in self.redis.scan_iter(f"{self.namespace}:*", count=1000):
+        async for key in self.redis.scan_iter(self.keys.pattern(), count=1000):
             await self.redis.delete(key)
 
     async def cleanup(self) -> None:

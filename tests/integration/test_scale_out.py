@@ -13,19 +13,19 @@ same items (measured here: 96% of items in common on average, at least 85% for e
 
 from __future__ import annotations
 
-import math
 import statistics
 from collections.abc import Awaitable, Callable
-from typing import Any
 
-import orjson
 import pytest
 
 from shoppulse.bench import LoadSpec, build_world, catalog_documents, generate_user_events
-from shoppulse.settings import Settings
-from stream.keys import Keys
-from stream.processor import Processor
-from stream.store import RedisStore, connect
+from tests.integration.compare import (
+    assert_close,
+    assert_same_document,
+    final_recommendations,
+    item_counts,
+    items_known,
+)
 from tests.integration.conftest import Stack
 
 pytestmark = pytest.mark.integration
@@ -35,7 +35,7 @@ SPEC = LoadSpec(items=400, users=300, categories=8, seed=11)
 
 
 async def test_two_workers_end_with_the_state_of_one(
-    make_stack: Callable[..., Awaitable[Stack]], redis_url: str
+    make_stack: Callable[..., Awaitable[Stack]],
 ) -> None:
     world = build_world(SPEC)
     catalog = catalog_documents(world)
@@ -55,7 +55,7 @@ async def test_two_workers_end_with_the_state_of_one(
     for stack in (one, two):
         await stack.publish_fast(stack.topics.catalog, catalog, key="item_id")
     for stack in (one, two):
-        await stack.until(lambda s=stack: _items_known(s, len(catalog)), 60, "catalog applied")
+        await stack.until(lambda s=stack: items_known(s, len(catalog)), 60, "catalog applied")
         await stack.publish_fast(stack.topics.clicks, clicks)
     for stack in (one, two):
         await stack.wait_seen(len(clicks), timeout=180)
@@ -70,23 +70,16 @@ async def test_two_workers_end_with_the_state_of_one(
         profile_one = await one.json(one.keys.profile(user))
         assert profile_one is not None
         assert_same_document(profile_one, await two.json(two.keys.profile(user)), user)
-    assert_close(await _item_counts(one), await _item_counts(two))
+    assert_close(await item_counts(one), await item_counts(two))
 
-    first = await _final_recommendations(one, redis_url, users)
-    second = await _final_recommendations(two, redis_url, users)
+    first = await final_recommendations(one, users)
+    second = await final_recommendations(two, users)
     assert all(first[u] for u in users), "every user gets recommendations"
     # Similarities carry the norms of when each pair was last touched (README, "Guarantees"),
     # so lists differ where neighbours' scores are close; the items recommended must agree.
     overlap = [len(set(first[u]) & set(second[u])) / len(first[u]) for u in users]
     assert statistics.mean(overlap) >= 0.9, statistics.mean(overlap)
     assert min(overlap) >= 0.7, min(overlap)
-
-
-async def _items_known(stack: Stack, count: int) -> bool | None:
-    found = 0
-    async for _ in stack.redis.scan_iter(stack.keys.prefix_of(stack.keys.item) + "*", count=1000):
-        found += 1
-    return found >= count or None
 
 
 async def _stable_members(stack: Stack) -> int:
@@ -96,60 +89,3 @@ async def _stable_members(stack: Stack) -> int:
     state, members = await stack.consumer_group()
     assert state == "Stable", state
     return members
-
-
-async def _item_counts(stack: Stack) -> dict[str, Any]:
-    """Co-occurrence and popularity sorted sets, and the norms, keyed by Redis key."""
-    found: dict[str, Any] = {}
-    prefix = f"{stack.namespace}:"
-    for pattern in ("cooc:*", "catpop:*", "popularity"):
-        async for key in stack.redis.scan_iter(prefix + pattern, count=1000):
-            pairs = await stack.redis.zrange(key, 0, -1, withscores=True)
-            found[key.removeprefix(prefix)] = dict(pairs)
-    found["norms"] = {
-        k: float(v) for k, v in (await stack.redis.hgetall(stack.keys.item_norms())).items()
-    }
-    return found
-
-
-def assert_same_document(a: Any, b: Any, where: str) -> None:
-    """Equal JSON, floats to 1e-9 relative: a user's clicks and orders come from two topics
-    whose messages a worker may interleave differently, and event-time decay makes the order
-    of arrival matter only in the last bits."""
-    if isinstance(a, float) or isinstance(b, float):
-        assert math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12), where
-    elif isinstance(a, dict):
-        assert isinstance(b, dict) and a.keys() == b.keys(), where
-        for key in a:
-            assert_same_document(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, list):
-        assert isinstance(b, list) and len(a) == len(b), where
-        for n, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_same_document(x, y, f"{where}[{n}]")
-    else:
-        assert a == b, where
-
-
-def assert_close(a: dict[str, Any], b: dict[str, Any]) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        assert a[key].keys() == b[key].keys(), key
-        for member, value in a[key].items():
-            assert math.isclose(value, b[key][member], rel_tol=1e-9, abs_tol=1e-9), (key, member)
-
-
-async def _final_recommendations(
-    stack: Stack, redis_url: str, users: list[str]
-) -> dict[str, list[str]]:
-    """Each user's list recomputed from the namespace's final state, at one clock."""
-    settings = Settings(namespace=stack.namespace, redis_url=redis_url)
-    store = RedisStore(connect(redis_url), Keys(stack.namespace))
-    try:
-        records, _ = await store.load_users(users, [])
-        clock = float(orjson.loads(await stack.redis.get(stack.keys.clock()) or b"0"))
-        documents = await Processor(store, settings).refresh_recommendations(
-            list(records.values()), clock
-        )
-    finally:
-        await store.close()
-    return {d["user_id"]: [item["item_id"] for item in d["items"]] for d in documents}

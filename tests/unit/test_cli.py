@@ -349,3 +349,27 @@ def test_log_levels_are_accepted_in_any_case(monkeypatch: pytest.MonkeyPatch, le
     monkeypatch.setenv("SHOPPULSE_REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")
     line = one_line_error(runner.invoke(cli, ["worker", "--loglevel", level]))
     assert "Redis is not reachable" in line
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("redis://127.0.0.1:6379/3", "the Redis URL must name database 0"),
+        ("unix:///run/redis.sock", "the Redis URL must be redis:// or rediss://"),
+    ],
+)
+def test_a_redis_cluster_url_that_cannot_work_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, url: str, expected: str
+) -> None:
+    monkeypatch.setenv("SHOPPULSE_REDIS_URL", url)
+    monkeypatch.setenv("SHOPPULSE_REDIS_CLUSTER", "true")
+    line = one_line_error(runner.invoke(cli, ["status"], terminal_width=200))
+    assert line.startswith("error: bad configuration: ")
+    assert f"with SHOPPULSE_REDIS_CLUSTER=true, {expected}" in line
+
+
+def test_bench_and_soak_refuse_a_redis_cluster(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHOPPULSE_REDIS_CLUSTER", "true")
+    for command in (["bench", "--quick"], ["bench", "--soak", "1"]):
+        line = one_line_error(runner.invoke(cli, command, terminal_width=200))
+        assert "measures a single Redis: unset SHOPPULSE_REDIS_CLUSTER" in line

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from redis.crc import key_slot
 
 from stream.keys import Keys, Topics
 
@@ -117,3 +118,42 @@ def test_keys_of_different_kinds_never_collide(first: str, second: str) -> None:
 def test_same_kind_keys_are_equal_only_for_equal_ids(first: str, second: str) -> None:
     for build in PER_ID.values():
         assert (build(first) == build(second)) == (first == second)
+
+
+# -- Redis Cluster: the namespace as hash tag -----------------------------------------------------
+TAGGED = Keys("shop", hash_tag=True)
+
+
+def _all_keys(keys: Keys, some_id: str) -> list[str]:
+    per_id = [getattr(keys, kind)(some_id) for kind in PER_ID]
+    singletons = [getattr(keys, kind)() for kind in SINGLETONS]
+    models = [keys.model(some_id), keys.current_model(some_id), keys.rescore_marker(some_id)]
+    return per_id + singletons + models + [keys.models(), keys.churn_models()]
+
+
+def test_hash_tagged_keys_byte_for_byte() -> None:
+    assert TAGGED.profile("u1") == "{shop}:profile:u1"
+    assert TAGGED.recs("u1") == "{shop}:recs:u1"
+    assert TAGGED.users() == "{shop}:users"
+    assert TAGGED.prefix_of(TAGGED.neighbours) == "{shop}:sim:"
+    assert TAGGED.pattern() == "{shop}:*"
+    assert KEYS.pattern() == "shop:*"
+
+
+def test_keys_follow_the_settings() -> None:
+    from shoppulse.settings import Settings
+
+    assert Keys.of(Settings(namespace="a", redis_cluster=True)) == Keys("a", hash_tag=True)
+    assert Keys.of(Settings(namespace="a")).profile("u") == "a:profile:u"
+
+
+@given(st.text(alphabet="ab:{}\r\n ", min_size=1, max_size=16))
+def test_every_key_of_a_namespace_is_in_one_cluster_slot(some_id: str) -> None:
+    # Whatever braces an id holds: the key's first {...} is the namespace.
+    slot = key_slot(b"shop")
+    assert {key_slot(key.encode()) for key in _all_keys(TAGGED, some_id)} == {slot}
+
+
+def test_untagged_keys_spread_over_slots() -> None:
+    # What the tag is for: without it a batch's keys land in many slots (and cluster nodes).
+    assert len({key_slot(key.encode()) for key in _all_keys(KEYS, "u1")}) > 10

@@ -1,0 +1,151 @@
+"""The service on a Redis Cluster (three primaries started here, real ``redis-server``s).
+
+With ``SHOPPULSE_REDIS_CLUSTER=true`` every key of a namespace carries the namespace as its hash
+tag, so the batch scripts, which touch many users' and items' keys in one atomic step, find
+them all in one slot. Shown here: a worker on the cluster ends with the profiles, counts and
+recommendations a worker on a single Redis gives for the same events; the namespace's keys are
+all in one slot; the command line reads from the cluster; a retrain publishes a model there
+(a MULTI transaction) that the running worker then serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+import pytest
+from redis.crc import key_slot
+
+from shoppulse.bench import LoadSpec, build_world, catalog_documents, generate_user_events
+from shoppulse.localstack import free_port, redis_problem
+from tests.integration.compare import (
+    assert_close,
+    assert_same_document,
+    final_recommendations,
+    item_counts,
+    items_known,
+)
+from tests.integration.conftest import Stack
+
+pytestmark = pytest.mark.integration
+
+EVENTS = 2_000
+SPEC = LoadSpec(items=200, users=150, categories=6, seed=23)
+# As in the scale-out test: co-occurrence counters capped above the catalog size, so which
+# counter a full item evicts cannot depend on how batches happen to fall.
+SETTINGS = {"batch_size": 100, "cooc_cap": 2 * SPEC.items}
+
+
+async def test_a_worker_on_a_redis_cluster_ends_with_the_state_of_a_single_redis(
+    make_stack: Callable[..., Awaitable[Stack]], redis_cluster_url: str
+) -> None:
+    world = build_world(SPEC)
+    catalog = catalog_documents(world)
+    events = generate_user_events(world, EVENTS, seed=3, start_ts=SPEC.start_ts, prefix="c")
+    clicks = [d for kind, d in events if kind == "clicks"]
+    orders = [d for kind, d in events if kind == "orders"]
+    single = await make_stack(**SETTINGS)
+    port = free_port()
+    cluster = await make_stack(
+        redis=redis_cluster_url, redis_cluster="true", web_enabled="true", web_port=port, **SETTINGS
+    )
+    assert cluster.keys.profile("u1") == f"{{{cluster.namespace}}}:profile:u1"
+
+    # The catalog whole, then the clicks, then the orders (test_scale_out.py says why).
+    for stack in (single, cluster):
+        await stack.publish_fast(stack.topics.catalog, catalog, key="item_id")
+    for stack in (single, cluster):
+        await stack.until(lambda s=stack: items_known(s, len(catalog)), 60, "catalog applied")
+        await stack.publish_fast(stack.topics.clicks, clicks)
+    for stack in (single, cluster):
+        await stack.wait_seen(len(clicks), timeout=120)
+        await stack.publish_fast(stack.topics.orders, orders)
+    for stack in (single, cluster):
+        await stack.wait_seen(EVENTS, timeout=120)
+
+    users = sorted({d["user_id"] for _, d in events})
+    for user in users:
+        profile = await single.json(single.keys.profile(user))
+        assert profile is not None
+        assert_same_document(profile, await cluster.json(cluster.keys.profile(user)), user)
+    assert_close(await item_counts(single), await item_counts(cluster))
+    first = await final_recommendations(single, users)
+    second = await final_recommendations(cluster, users)
+    assert all(second[u] for u in users), "every user gets recommendations on the cluster"
+    overlap = [len(set(first[u]) & set(second[u])) / len(first[u]) for u in users]
+    assert statistics.mean(overlap) >= 0.9, statistics.mean(overlap)
+
+    # One slot holds the whole namespace, and it is not the only thing the cluster holds.
+    slots = {
+        key_slot(key.encode()) async for key in cluster.redis.scan_iter(cluster.keys.pattern())
+    }
+    assert slots == {key_slot(cluster.namespace.encode())}
+
+    stored = await cluster.json(cluster.keys.recs(users[0]))
+    shown = await cluster.cli("recs", users[0])
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert stored["items"][0]["item_id"] in shown.stdout
+
+    # The dashboard's reads (MGET, pipelines, the risk histogram) on the cluster.
+    for path in ("/health", "/api/overview", "/api/models", "/api/alerts", "/api/risk"):
+        status, _ = await asyncio.to_thread(_get, port, path)
+        assert status == 200, path
+    status, body = await asyncio.to_thread(_get, port, f"/api/user/{users[0]}")
+    assert status == 200
+    assert body["recommendations"]["items"][0]["item_id"] == stored["items"][0]["item_id"]
+
+    trained = await cluster.cli("retrain")
+    assert trained.returncode == 0, trained.stdout + trained.stderr
+    version = await cluster.redis.get(cluster.keys.current_model("als"))
+    assert version is not None and version.startswith("als-")
+    user = users[0]
+    assert (await cluster.json(cluster.keys.recs(user)))["model_version"] == version
+    # The running worker picks the new version up from the cluster for a user who acts now.
+    again = dict(clicks[-1], event_id="after-retrain", user_id="newcomer")
+    await cluster.publish(cluster.topics.clicks, again)
+    document = await cluster.until(
+        lambda: cluster.json(cluster.keys.recs("newcomer")), 30, "newcomer's recommendations"
+    )
+    assert document["model_version"] == version
+
+
+def _get(port: int, path: str) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+            return response.status, orjson.loads(response.read() or b"null")
+    except urllib.error.HTTPError as error:
+        return error.code, None
+
+
+def test_a_cluster_node_configured_as_a_single_redis_is_named(redis_cluster_url: str) -> None:
+    assert "SHOPPULSE_REDIS_CLUSTER=true" in (redis_problem(redis_cluster_url) or "")
+    assert redis_problem(redis_cluster_url, cluster=True) is None
+
+
+async def test_a_worker_told_cluster_on_a_single_redis_stops_with_one_line(
+    redis_url: str, broker: str
+) -> None:
+    env = {
+        "SHOPPULSE_REDIS_URL": redis_url.rsplit("/", 1)[0] + "/0",
+        "SHOPPULSE_REDIS_CLUSTER": "true",
+        "SHOPPULSE_KAFKA_BOOTSTRAP": broker,
+    }
+    finished = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "shoppulse", "worker"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert finished.returncode != 0
+    assert "not a cluster node" in finished.stdout + finished.stderr
+    assert "Traceback" not in finished.stdout + finished.stderr
