@@ -134,8 +134,8 @@ class Settings(BaseSettings):
     )
     redis_cluster: bool = Field(
         False,
-        description="The Redis URL names a node of a Redis Cluster: keys become {ns}:..., "
-        "one hash slot per namespace.",
+        description="The Redis URL names a node of a Redis Cluster: keys start with the "
+        "namespace in braces ({shoppulse}:...), one hash slot per namespace.",
     )
     namespace: str = Field(
         "shoppulse", description="Prefix of every topic ({ns}.) and Redis key ({ns}:)."

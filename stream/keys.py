@@ -5,7 +5,7 @@ another kind's segment, so an id holding ``:`` or ``{`` can only ever name a key
 kind: ``profile`` of user ``"a:recs:b"`` is ``ns:profile:a:recs:b``, never ``ns:recs:b``.
 
 On a Redis Cluster (``SHOPPULSE_REDIS_CLUSTER``) the namespace is written in braces,
-``{ns}:profile:u1``: a hash tag, so every key of a namespace hashes to one slot. The batch
+``{shoppulse}:profile:u1``: a hash tag, so every key of a namespace hashes to one slot. The batch
 scripts read and write many users' and items' keys in one atomic step, which Redis Cluster
 allows only within a slot; several namespaces (shops) spread over the cluster's nodes. The tag
 is the key's first ``{...}``, so no id placed after it can move a key to another slot.
