@@ -1,6 +1,7 @@
-"""LeanDelivery (stream/transport.py) on a real ``mode`` Service, as Faust's consumer is one:
-the fetch loop's delivery step runs inline when it does not wait, and races the flow being
-suspended, as Faust's own ``wait_first`` does, when it does."""
+"""LeanDelivery and ResumeSoon (stream/transport.py) on a real ``mode`` Service, as Faust's
+consumer is one: the fetch loop's delivery step runs inline when it does not wait, and races
+the flow being suspended, as Faust's own ``wait_first`` does, when it does; a partition paused
+for a full stream buffer is fetched from again as soon as the buffer drains."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 from mode import Service
 
-from stream.transport import LeanDelivery
+from stream.transport import LeanDelivery, ResumeSoon
 
 
 class Consumer(LeanDelivery, Service):
@@ -83,3 +84,86 @@ async def test_other_waits_are_left_to_mode() -> None:
     other.set()
     result = await consumer.wait_first(other.wait(), timeout=1)
     assert result.stopped is False and result.results == [True]
+
+
+# -- ResumeSoon ------------------------------------------------------------------------------------
+class FetchingConsumer(Service):
+    """What Faust's fetch loop waits on for records, as faust/transport/consumer.py writes it:
+    a partition whose stream buffer is full leaves the active set (``on_buffer_full``) until it
+    drains (``on_buffer_drop``); ``_wait_next_records`` asks for records of the partitions
+    active when it is called and waits up to ``timeout`` for them, or sleeps a second when
+    none is active. ``ready`` stands for the broker: records waiting per partition."""
+
+    def __init__(self, partitions: list[str]) -> None:
+        super().__init__()
+        self.flow_active = True
+        self._active = set(partitions)
+        self._buffered_partitions: set[str] = set()
+        self.ready: dict[str, list[str]] = {tp: [] for tp in partitions}
+
+    def _get_active_partitions(self) -> set[str]:
+        return self._active
+
+    def on_buffer_full(self, tp: str) -> None:
+        self._active.discard(tp)
+        self._buffered_partitions.add(tp)
+
+    def on_buffer_drop(self, tp: str) -> None:
+        if tp in self._buffered_partitions:
+            self._active.add(tp)
+            self._buffered_partitions.discard(tp)
+
+    async def _wait_next_records(self, timeout: float) -> dict[str, list[str]]:
+        active = set(self._get_active_partitions())
+        if not active:
+            await asyncio.sleep(1)
+            return {}
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            records = {tp: self.ready[tp] for tp in active if self.ready[tp]}
+            if records or asyncio.get_running_loop().time() >= deadline:
+                for tp in records:
+                    self.ready[tp] = []
+                return records
+            await asyncio.sleep(0.002)
+
+
+class ResumingConsumer(ResumeSoon, FetchingConsumer):
+    pass
+
+
+async def seconds_until_fetched(consumer: FetchingConsumer, tp: str) -> float:
+    """The fetch loop's wait for records, again and again, until records of ``tp`` come; the
+    partition drains 50 ms after the start, with a record waiting for it."""
+
+    async def drain() -> None:
+        await asyncio.sleep(0.05)
+        consumer.ready[tp].append("record")
+        consumer.on_buffer_drop(tp)
+
+    started = asyncio.get_running_loop().time()
+    draining = asyncio.ensure_future(drain())
+    while tp not in await consumer._wait_next_records(1.0):
+        pass
+    await draining
+    return asyncio.get_running_loop().time() - started
+
+
+@pytest.mark.parametrize("others", [["idle"], []], ids=["others-idle", "all-paused"])
+async def test_a_drained_partition_is_fetched_from_at_once_not_a_second_later(
+    others: list[str],
+) -> None:
+    waited = {}
+    for kind in (FetchingConsumer, ResumingConsumer):
+        consumer = kind(["busy", *others])
+        consumer.on_buffer_full("busy")
+        waited[kind] = await seconds_until_fetched(consumer, "busy")
+    assert waited[FetchingConsumer] >= 0.9  # Faust's own: the second runs out first
+    assert waited[ResumingConsumer] < 0.5
+
+
+async def test_with_nothing_paused_the_wait_is_faust_own() -> None:
+    consumer = ResumingConsumer(["a"])
+    started = asyncio.get_running_loop().time()
+    assert await consumer._wait_next_records(0.2) == {}
+    assert asyncio.get_running_loop().time() - started >= 0.19  # the full timeout, untouched
