@@ -1037,11 +1037,19 @@ def local_services(settings: Settings) -> Iterator[dict[str, str]]:
             console.print(f"Redis: using {_safe_url(settings.redis_dsn)}")
         else:
             port = _local_redis_port(settings.redis_dsn)
-            if port is None:
-                fail(f"Redis is not reachable at {_safe_url(settings.redis_dsn)}: {problem}")
-            server = _start(lambda: localstack.RedisServer(port=port).start())
-            stack.enter_context(server)
-            console.print(f"Redis: started redis-server on port {port}")
+            # Something else on the port (another kind of Redis, a password): say what, rather
+            # than fail to start one there.
+            if port is None or localstack.tcp_reachable(localstack.LOCALHOST, port):
+                fail(f"Redis is not usable at {_safe_url(settings.redis_dsn)}: {problem}")
+            if settings.redis_cluster:
+                cluster = _start(lambda: localstack.LocalRedisCluster(first_port=port).start())
+                stack.enter_context(cluster)
+                ports = ", ".join(str(node.port) for node in cluster.nodes)
+                console.print(f"Redis: started a local Redis Cluster on ports {ports}")
+            else:
+                server = _start(lambda: localstack.RedisServer(port=port).start())
+                stack.enter_context(server)
+                console.print(f"Redis: started redis-server on port {port}")
         if localstack.kafka_reachable(settings.kafka_bootstrap):
             console.print(f"Kafka: using {settings.kafka_bootstrap}")
         else:

@@ -401,20 +401,28 @@ class RedisClusterNode(RedisServer):
 
 
 class LocalRedisCluster:
-    """A throw-away Redis Cluster on 127.0.0.1: ``nodes`` primaries on free ports, the slots
-    split evenly between them, no replicas, nothing kept on disk after ``stop``. For tests, and
-    to try ``SHOPPULSE_REDIS_CLUSTER`` without a real cluster."""
+    """A throw-away Redis Cluster on 127.0.0.1: ``nodes`` primaries, the first on
+    ``first_port`` (a free port if None) and the others on free ports, the slots split evenly
+    between them, no replicas, nothing kept on disk after ``stop``. For the tests, and for
+    ``SHOPPULSE_REDIS_CLUSTER=true shoppulse dev``."""
 
-    def __init__(self, nodes: int = 3, startup_timeout: float = 30.0) -> None:
+    def __init__(
+        self, nodes: int = 3, first_port: int | None = None, startup_timeout: float = 30.0
+    ) -> None:
         self.folder = Path(tempfile.mkdtemp(prefix="shoppulse-redis-cluster-"))
+        ports = [first_port or free_port(), *(free_port() for _ in range(nodes - 1))]
         self.nodes = [
-            RedisClusterNode(free_port(), self.folder, self.folder / f"node{n}.log")
-            for n in range(nodes)
+            RedisClusterNode(port, self.folder, self.folder / f"node{n}.log")
+            for n, port in enumerate(ports)
         ]
         self.startup_timeout = startup_timeout
         self.url = self.nodes[0].url  # any node will do: clients learn the slot map from it
+        self.started = False
 
     def start(self) -> Self:
+        """Start the nodes and form the cluster; a no-op if already started."""
+        if self.started:
+            return self
         try:
             for node in self.nodes:
                 node.start()
@@ -423,6 +431,7 @@ class LocalRedisCluster:
         except BaseException:
             self.stop()
             raise
+        self.started = True
         return self
 
     def _assign_slots_and_meet(self) -> None:
@@ -444,9 +453,9 @@ class LocalRedisCluster:
             if all(self._knows_whole_cluster(node.port) for node in self.nodes):
                 return
             time.sleep(_POLL_INTERVAL)
-        raise LocalStackError(
-            f"the local Redis Cluster was not ready after {self.startup_timeout:.0f}s "
-            f"(node logs in {self.folder})"
+        raise LocalStackError(  # the folder goes with stop(): the first node's log goes here
+            f"the local Redis Cluster was not ready after {self.startup_timeout:.0f}s; last "
+            f"lines of its first node's log:\n{_log_tail(self.nodes[0].log_path)}"
         )
 
     def _knows_whole_cluster(self, port: int) -> bool:
@@ -460,6 +469,7 @@ class LocalRedisCluster:
         for node in self.nodes:
             node.stop()
         shutil.rmtree(self.folder, ignore_errors=True)
+        self.started = False
 
     def __enter__(self) -> Self:
         return self.start()

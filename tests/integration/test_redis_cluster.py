@@ -17,7 +17,9 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -25,7 +27,7 @@ import pytest
 from redis.crc import key_slot
 
 from shoppulse.bench import LoadSpec, build_world, catalog_documents, generate_user_events
-from shoppulse.localstack import free_port, redis_problem
+from shoppulse.localstack import free_port, redis_problem, tcp_reachable
 from tests.integration.compare import (
     assert_close,
     assert_same_document,
@@ -148,4 +150,49 @@ async def test_a_worker_told_cluster_on_a_single_redis_stops_with_one_line(
     )
     assert finished.returncode != 0
     assert "not a cluster node" in finished.stdout + finished.stderr
+    assert "Traceback" not in finished.stdout + finished.stderr
+
+
+def test_dev_starts_a_local_cluster_when_told_cluster_and_none_answers(tmp_path: Path) -> None:
+    redis_port = free_port()
+    env = {
+        **os.environ,
+        "SHOPPULSE_REDIS_CLUSTER": "true",
+        "SHOPPULSE_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "SHOPPULSE_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",  # dev starts one
+        "SHOPPULSE_NAMESPACE": f"devc{uuid.uuid4().hex[:8]}",
+        "SHOPPULSE_WEB_PORT": str(free_port()),
+    }
+    finished = subprocess.run(
+        [sys.executable, "-m", "shoppulse", "dev", "--limit", "300", "--exit-after-demo"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    output = finished.stdout + finished.stderr
+    assert finished.returncode == 0, output
+    assert f"started a local Redis Cluster on ports {redis_port}, " in output
+    assert "· model" in output  # the demo's recommendation tables, read from the cluster
+    assert not tcp_reachable("127.0.0.1", redis_port), "the cluster stops with dev"
+
+
+def test_dev_told_cluster_on_a_single_redis_says_so(redis_url: str) -> None:
+    env = {
+        **os.environ,
+        "SHOPPULSE_REDIS_CLUSTER": "true",
+        "SHOPPULSE_REDIS_URL": redis_url.rsplit("/", 1)[0] + "/0",
+        "SHOPPULSE_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
+    }
+    finished = subprocess.run(
+        [sys.executable, "-m", "shoppulse", "dev", "--limit", "10", "--exit-after-demo"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert finished.returncode != 0
+    lines = finished.stdout.strip().splitlines()
+    assert "but it is a single Redis, not a cluster node" in lines[-1], finished.stdout
     assert "Traceback" not in finished.stdout + finished.stderr
