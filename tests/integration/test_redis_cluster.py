@@ -4,8 +4,9 @@ With ``SHOPPULSE_REDIS_CLUSTER=true`` every key of a namespace carries the names
 tag, so the batch scripts, which touch many users' and items' keys in one atomic step, find
 them all in one slot. Shown here: a worker on the cluster ends with the profiles, counts and
 recommendations a worker on a single Redis gives for the same events; the namespace's keys are
-all in one slot; the command line reads from the cluster; a retrain publishes a model there
-(a MULTI transaction) that the running worker then serves.
+all in one slot; the command line, the Python client and the dashboard read from the cluster;
+a retrain publishes a model there (a MULTI transaction) that the running worker then serves;
+``shoppulse dev`` starts a local cluster when told to use one and none answers.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ import pytest
 from redis.crc import key_slot
 
 from shoppulse.bench import LoadSpec, build_world, catalog_documents, generate_user_events
+from shoppulse.client import ShopPulseClient
 from shoppulse.localstack import free_port, redis_problem, tcp_reachable
+from shoppulse.settings import Settings
 from tests.integration.compare import (
     assert_close,
     assert_same_document,
@@ -95,6 +98,17 @@ async def test_a_worker_on_a_redis_cluster_ends_with_the_state_of_a_single_redis
     shown = await cluster.cli("recs", users[0])
     assert shown.returncode == 0, shown.stdout + shown.stderr
     assert stored["items"][0]["item_id"] in shown.stdout
+
+    # The Python client reads the cluster with the same settings.
+    client_settings = Settings(
+        kafka_bootstrap=cluster.broker,
+        redis_url=redis_cluster_url,
+        redis_cluster=True,
+        namespace=cluster.namespace,
+    )
+    async with ShopPulseClient(client_settings) as client:
+        assert await client.recommendations(users[0]) == stored
+        assert await client.profile(users[0]) == await cluster.json(cluster.keys.profile(users[0]))
 
     # The dashboard's reads (MGET, pipelines, the risk histogram) on the cluster.
     for path in ("/health", "/api/overview", "/api/models", "/api/alerts", "/api/risk"):
