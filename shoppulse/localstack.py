@@ -200,7 +200,28 @@ def _temp_log(name: str) -> Path:
     return Path(path)
 
 
-class _ChildServer:
+class _Local:
+    """Something local that ``start`` brings up and ``stop`` ends; ``with`` does both."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class _ChildServer(_Local):
     """A server run as a child process: started and checked by start(), ended by stop().
 
     Not daemonized on purpose: the child is ours to stop, and it dies with our process group
@@ -267,17 +288,6 @@ class _ChildServer:
         """Ask the child to exit (SIGTERM), and kill it if it is still there after ``timeout``."""
         if self.process is not None:
             stop_process(self.process, timeout)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 class Broker(_ChildServer):
@@ -400,7 +410,7 @@ class RedisClusterNode(RedisServer):
         return redis_reachable(self.url, timeout=timeout, cluster=True)
 
 
-class LocalRedisCluster:
+class LocalRedisCluster(_Local):
     """A throw-away Redis Cluster on 127.0.0.1: ``nodes`` primaries, the first on
     ``first_port`` (a free port if None) and the others on free ports, the slots split evenly
     between them, no replicas, nothing kept on disk after ``stop``. For the tests, and for
@@ -470,17 +480,6 @@ class LocalRedisCluster:
             node.stop()
         shutil.rmtree(self.folder, ignore_errors=True)
         self.started = False
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 @contextmanager

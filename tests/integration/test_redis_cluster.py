@@ -33,10 +33,10 @@ from shoppulse.localstack import free_port, redis_problem, tcp_reachable
 from shoppulse.settings import Settings
 from tests.integration.compare import (
     assert_close,
-    assert_same_document,
+    assert_same_profiles,
     final_recommendations,
     item_counts,
-    items_known,
+    publish_one_topic_at_a_time,
 )
 from tests.integration.conftest import Stack
 
@@ -56,31 +56,16 @@ async def test_a_worker_on_a_redis_cluster_ends_with_the_state_of_a_single_redis
     catalog = catalog_documents(world)
     events = generate_user_events(world, EVENTS, seed=3, start_ts=SPEC.start_ts, prefix="c")
     clicks = [d for kind, d in events if kind == "clicks"]
-    orders = [d for kind, d in events if kind == "orders"]
     single = await make_stack(**SETTINGS)
     port = free_port()
     cluster = await make_stack(
         redis=redis_cluster_url, redis_cluster="true", web_enabled="true", web_port=port, **SETTINGS
     )
     assert cluster.keys.profile("u1") == f"{{{cluster.namespace}}}:profile:u1"
-
-    # The catalog whole, then the clicks, then the orders (test_scale_out.py says why).
-    for stack in (single, cluster):
-        await stack.publish_fast(stack.topics.catalog, catalog, key="item_id")
-    for stack in (single, cluster):
-        await stack.until(lambda s=stack: items_known(s, len(catalog)), 60, "catalog applied")
-        await stack.publish_fast(stack.topics.clicks, clicks)
-    for stack in (single, cluster):
-        await stack.wait_seen(len(clicks), timeout=120)
-        await stack.publish_fast(stack.topics.orders, orders)
-    for stack in (single, cluster):
-        await stack.wait_seen(EVENTS, timeout=120)
+    await publish_one_topic_at_a_time([single, cluster], catalog, events, timeout=120)
 
     users = sorted({d["user_id"] for _, d in events})
-    for user in users:
-        profile = await single.json(single.keys.profile(user))
-        assert profile is not None
-        assert_same_document(profile, await cluster.json(cluster.keys.profile(user)), user)
+    await assert_same_profiles(single, cluster, users)
     assert_close(await item_counts(single), await item_counts(cluster))
     first = await final_recommendations(single, users)
     second = await final_recommendations(cluster, users)

@@ -21,10 +21,10 @@ import pytest
 from shoppulse.bench import LoadSpec, build_world, catalog_documents, generate_user_events
 from tests.integration.compare import (
     assert_close,
-    assert_same_document,
+    assert_same_profiles,
     final_recommendations,
     item_counts,
-    items_known,
+    publish_one_topic_at_a_time,
 )
 from tests.integration.conftest import Stack
 
@@ -40,36 +40,18 @@ async def test_two_workers_end_with_the_state_of_one(
     world = build_world(SPEC)
     catalog = catalog_documents(world)
     events = generate_user_events(world, EVENTS, seed=5, start_ts=SPEC.start_ts, prefix="s")
-    clicks = [d for kind, d in events if kind == "clicks"]
-    orders = [d for kind, d in events if kind == "orders"]
 
     # Co-occurrence counters capped above the catalog size: which counter a full item evicts
     # depends on how other users' batches interleave, by design (bounded state, README).
     settings = {"batch_size": 100, "cooc_cap": 2 * SPEC.items}
     one = await make_stack(workers=1, partitions=4, **settings)
     two = await make_stack(workers=2, partitions=4, **settings)
-    # The catalog first, whole: categories feed profiles, so both runs must see them all. Then
-    # the clicks, then the orders: Kafka orders a user's events within a topic, not across
-    # two, and a late event pairs with the user's latest items when it arrives (README,
-    # "Guarantees"), so only one topic at a time makes both runs see the same order per user.
-    for stack in (one, two):
-        await stack.publish_fast(stack.topics.catalog, catalog, key="item_id")
-    for stack in (one, two):
-        await stack.until(lambda s=stack: items_known(s, len(catalog)), 60, "catalog applied")
-        await stack.publish_fast(stack.topics.clicks, clicks)
-    for stack in (one, two):
-        await stack.wait_seen(len(clicks), timeout=180)
-        await stack.publish_fast(stack.topics.orders, orders)
-    for stack in (one, two):
-        await stack.wait_seen(EVENTS, timeout=180)
+    await publish_one_topic_at_a_time([one, two], catalog, events, timeout=180)
     assert await _stable_members(two) == 2, "both workers must be members of the group"
 
     assert await one.events_seen() == await two.events_seen() == EVENTS
     users = sorted({d["user_id"] for _, d in events})
-    for user in users:
-        profile_one = await one.json(one.keys.profile(user))
-        assert profile_one is not None
-        assert_same_document(profile_one, await two.json(two.keys.profile(user)), user)
+    await assert_same_profiles(one, two, users)
     assert_close(await item_counts(one), await item_counts(two))
 
     first = await final_recommendations(one, users)
