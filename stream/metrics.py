@@ -116,7 +116,7 @@ class Metrics:
             "shoppulse_batch_events",
             "Events per micro-batch.",
             ["agent"],
-            buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 5000),
+            buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000),
             registry=r,
         )
         self.click_to_recs = Histogram(
