@@ -19,7 +19,7 @@ from operator import itemgetter
 from typing import Any
 
 from models.decay import decayed_add, decayed_value_at
-from models.similarity import cooccurrence_increments, norm_increment
+from models.similarity import add_cooccurrence, norm_increment
 
 CLICK_TYPES = ("view", "click", "add_to_cart", "remove_from_cart")
 ORDER_STATUSES = ("placed", "cancelled", "returned")
@@ -210,9 +210,7 @@ class UserRecord:
             _, old_weight, old_ts = recent.pop(ids.index(item_id))
             old, last_ts = float(old_weight), max(ts, float(old_ts))
         new = min(old + weight, params.interaction_cap)
-        window = ((entry[0], float(entry[1])) for entry in recent[: params.cooc_window])
-        for i, j, amount in cooccurrence_increments(item_id, new - old, window):
-            deltas.cooccurrence[(i, j)] += amount
+        add_cooccurrence(deltas.cooccurrence, item_id, new - old, recent[: params.cooc_window])
         if new > old:
             deltas.norms[item_id] += norm_increment(old, new)
         # Most recent by event time first, whatever order the topics delivered events in; equal

@@ -19,30 +19,37 @@ changes, so the update is O(user's recent items), independent of history length.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 
-def cooccurrence_increments(
-    item_id: str, delta: float, user_items: Iterable[tuple[str, float]]
-) -> list[tuple[str, str, float]]:
-    """``(i, j, dC)`` for both directions when the user's weight on ``item_id`` grows by delta.
+def add_cooccurrence(
+    counts: MutableMapping[tuple[str, str], float],
+    item_id: str,
+    delta: float,
+    user_items: Iterable[Sequence[Any]],
+) -> None:
+    """Add to ``counts`` (a ``defaultdict(float)`` keyed ``(i, j)``) what the user's weight on
+    ``item_id`` growing by ``delta`` does to ``C``: ``delta * r[u, j]`` to both ``(item_id, j)``
+    and ``(j, item_id)`` for every other item ``j``.
 
-    ``user_items`` are the user's other items with their weights ``r[u, j]``; ``item_id`` itself
-    is skipped if present.
+    ``user_items`` are the user's items as ``(j, r[u, j], ...)`` sequences (a profile's
+    ``[item, weight, ts]`` entries as they are); ``item_id`` itself is skipped if present, and
+    so are items without weight. In place, without a list of increments in between: a batch
+    runs this for every event, a few dozen pairs each, and it is the worker's busiest loop.
     """
-    increments: list[tuple[str, str, float]] = []
     if delta <= 0.0:
-        return increments
-    for other_id, other_weight in user_items:
-        if other_id == item_id or other_weight <= 0.0:
+        return
+    for entry in user_items:
+        other_id, other_weight = entry[0], entry[1]
+        if other_weight <= 0.0 or other_id == item_id:
             continue
         amount = delta * other_weight
-        increments.append((item_id, other_id, amount))
-        increments.append((other_id, item_id, amount))
-    return increments
+        counts[item_id, other_id] += amount
+        counts[other_id, item_id] += amount
 
 
 def norm_increment(old_weight: float, new_weight: float) -> float:

@@ -11,40 +11,51 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models.similarity import (
-    cooccurrence_increments,
+    add_cooccurrence,
     cosine_similarities,
     norm_increment,
     shrunk_cosine_array,
     top_k,
 )
 
-# -- cooccurrence_increments ------------------------------------------------------------------
+# -- add_cooccurrence -------------------------------------------------------------------------
+
+
+def increments(
+    item_id: str, delta: float, user_items: list[tuple[str, float]]
+) -> dict[tuple[str, str], float]:
+    counts: dict[tuple[str, str], float] = defaultdict(float)
+    add_cooccurrence(counts, item_id, delta, user_items)
+    return dict(counts)
 
 
 def test_increments_go_both_directions_and_scale_with_the_other_weight() -> None:
     # delta 2 on A; the user has B (weight 3) and C (weight 0.5): 2*3 = 6, 2*0.5 = 1
-    got = cooccurrence_increments("A", 2.0, [("B", 3.0), ("C", 0.5)])
-    assert sorted(got) == sorted(
-        [("A", "B", 6.0), ("B", "A", 6.0), ("A", "C", 1.0), ("C", "A", 1.0)]
-    )
+    got = increments("A", 2.0, [("B", 3.0), ("C", 0.5)])
+    assert got == {("A", "B"): 6.0, ("B", "A"): 6.0, ("A", "C"): 1.0, ("C", "A"): 1.0}
+
+
+def test_increments_add_to_what_is_there() -> None:
+    counts: dict[tuple[str, str], float] = defaultdict(float, {("A", "B"): 1.5})
+    add_cooccurrence(counts, "A", 1.0, [["B", 2, 1_700_000_000.0]])  # a profile's entry as is
+    assert dict(counts) == {("A", "B"): 3.5, ("B", "A"): 2.0}
 
 
 def test_increments_skip_the_item_itself() -> None:
-    got = cooccurrence_increments("A", 1.0, [("A", 4.0), ("B", 2.0)])
-    assert sorted(got) == [("A", "B", 2.0), ("B", "A", 2.0)]
+    assert increments("A", 1.0, [("A", 4.0), ("B", 2.0)]) == {("A", "B"): 2.0, ("B", "A"): 2.0}
 
 
 def test_increments_skip_zero_or_negative_delta() -> None:
-    assert cooccurrence_increments("A", 0.0, [("B", 2.0)]) == []
-    assert cooccurrence_increments("A", -1.0, [("B", 2.0)]) == []
+    assert increments("A", 0.0, [("B", 2.0)]) == {}
+    assert increments("A", -1.0, [("B", 2.0)]) == {}
 
 
 def test_increments_skip_other_items_without_weight() -> None:
-    assert cooccurrence_increments("A", 1.0, [("B", 0.0), ("C", -2.0)]) == []
+    assert increments("A", 1.0, [("B", 0.0), ("C", -2.0)]) == {}
 
 
 def test_increments_with_no_other_items() -> None:
-    assert cooccurrence_increments("A", 5.0, []) == []
+    assert increments("A", 5.0, []) == {}
 
 
 # -- norm_increment ---------------------------------------------------------------------------
@@ -150,7 +161,9 @@ def test_incremental_updates_reproduce_batch_cosine(
         old = r[user].get(item, 0.0)
         new = min(old + weight, CAP)
         others = [(j, w) for j, w in r[user].items() if j != item]
-        for i, j, amount in cooccurrence_increments(item, new - old, others):
+        pairs: dict[tuple[str, str], float] = defaultdict(float)
+        add_cooccurrence(pairs, item, new - old, others)
+        for (i, j), amount in pairs.items():
             cooc[i][j] += amount
         norms[item] += norm_increment(old, new)
         r[user][item] = new
