@@ -527,6 +527,33 @@ def parse_proc_status_kb(status: str, name: str) -> int | None:
     return None
 
 
+def parse_machine_ticks(stat: str) -> tuple[int, int]:
+    """(busy, all) clock ticks of every CPU together, from ``/proc/stat``'s first line: busy
+    is all but idle and iowait (guest time is already inside user and nice)."""
+    fields = stat.split("\n", 1)[0].split()
+    if not fields or fields[0] != "cpu":
+        raise ValueError(f"not /proc/stat: {stat[:40]!r}")
+    ticks = [int(value) for value in fields[1:9]]  # user nice system idle iowait irq softirq steal
+    return sum(ticks) - ticks[3] - ticks[4], sum(ticks)
+
+
+def machine_ticks() -> tuple[int, int] | None:
+    try:
+        return parse_machine_ticks(Path("/proc/stat").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def busy_cores(
+    before: tuple[int, int] | None, after: tuple[int, int] | None, cpus: int | None
+) -> float | None:
+    """How many of the machine's ``cpus`` were busy on average between two
+    :func:`machine_ticks` readings: the work of every process, ours or not."""
+    if before is None or after is None or not cpus or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1]) * cpus
+
+
 def process_cpu_seconds(pid: int) -> float | None:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -602,6 +629,7 @@ class DrainResult:
     self_reported_rate: float | None = None  # the bare worker's own clock, as a cross-check
     startup_seconds: float | None = None  # from the watch's start to the window opening
     undelivered: int = 0  # acked events the worker's group consumed past without being handed
+    machine_busy_cores: float | None = None  # every process's CPU over the window, in cores
 
     @property
     def rate(self) -> float | None:
@@ -626,6 +654,7 @@ class DrainResult:
             "self_reported_events_per_second": _round(self.self_reported_rate, 1),
             "startup_seconds": _round(self.startup_seconds, 2),
             "undelivered": self.undelivered,
+            "machine_busy_cores": _round(self.machine_busy_cores, 2),
         }
 
 
@@ -819,7 +848,12 @@ def report_table(report: Mapping[str, Any]) -> Table:
         )
     else:
         table.add_row("bare Faust drain", _fmt(bare["events_per_second"], " ev/s"), "decode only")
-    table.add_row("ShopPulse drain", _fmt(ours["events_per_second"], " ev/s"), "all the work")
+    busy = ours.get("machine_busy_cores")
+    table.add_row(
+        "ShopPulse drain",
+        _fmt(ours["events_per_second"], " ev/s"),
+        "all the work" + ("" if busy is None else f"; machine {busy:.1f} cores busy"),
+    )
     met = "met" if floors["drain_ratio_met"] else "NOT met"
     table.add_row(
         "ratio", _fmt(drain["ratio"], "x", 2), f"floor {FLOOR_DRAIN_RATIO}x ({met}), aim 0.8x"
@@ -839,6 +873,8 @@ def report_table(report: Mapping[str, Any]) -> Table:
             note += f"; {lat['censored']} over {_fmt(cap, ' ms')} (≥: lower bound)"
         if (phase.get("catch_up_seconds") or 0.0) > 0.5:
             note += f"; {phase['catch_up_seconds']:.1f}s behind at the end"
+        if phase.get("machine_busy_cores") is not None:
+            note += f"; machine {phase['machine_busy_cores']:.1f} cores busy"
         table.add_row(
             f"{what} @ {phase['load_fraction']:.0%}",
             f"{ms(lat['p50_ms'])} / {ms(lat['p95_ms'])} / {ms(lat['p99_ms'], ' ms')}",
@@ -916,12 +952,14 @@ def run_bench(
     log_dir = Path(tempfile.mkdtemp(prefix="shoppulse-bench-"))
     with ExitStack() as stack:
         owns_broker = not localstack.kafka_reachable(settings.kafka_bootstrap)
+        broker_pid = None
         if owns_broker:
             with console.status("starting a Tansu broker"):
                 broker_log = log_dir / "broker.log"
                 server = localstack.Broker(port=localstack.free_port(), log_path=broker_log)
                 started = stack.enter_context(server)
             bootstrap = started.bootstrap
+            broker_pid = started.process.pid if started.process is not None else None
             broker = {"kind": "tansu, started for the run (memory only)", "bootstrap": bootstrap}
         else:
             bootstrap = settings.kafka_bootstrap
@@ -936,7 +974,9 @@ def run_bench(
                 ),
             }
         )
-        bench = _Bench(bench_settings, plan, console, log_dir, owns_broker, latency_base)
+        bench = _Bench(
+            bench_settings, plan, console, log_dir, owns_broker, latency_base, broker_pid
+        )
         try:
             report = asyncio.run(bench.run(broker))
         finally:
@@ -981,8 +1021,10 @@ class _Bench:
         log_dir: Path,
         owns_broker: bool,
         latency_base: float | None = None,
+        broker_pid: int | None = None,
     ) -> None:
         self.settings = settings
+        self.broker_pid = broker_pid  # the broker the bench started, if it did
         self.latency_base = latency_base
         self.plan = plan
         self.console = console
@@ -1239,6 +1281,7 @@ class _Bench:
             baseline = await self._seen(target.stats_key)
             cpu_before = process_cpu_seconds(target.process.pid)
             redis_before = await self._redis_cpu()
+            others_before = self._others_cpu()
             background = asyncio.create_task(self._publish(messages, background_rate))
             try:
                 await asyncio.sleep(plan.latency_warmup_seconds)
@@ -1251,6 +1294,9 @@ class _Bench:
             caught_up = time.monotonic() - published_at
             cpu_after = process_cpu_seconds(target.process.pid)
             redis_after = await self._redis_cpu()
+            others_after = self._others_cpu()
+        generator_before, broker_before, machine_before = others_before
+        generator_after, broker_after, machine_after = others_after
         return {
             "load_fraction": fraction,
             "target_rate": round(rate, 1),
@@ -1271,7 +1317,24 @@ class _Bench:
             "redis_cpu_seconds_per_1k_events": _round(
                 per_thousand(_delta(redis_before, redis_after), published), 4
             ),
+            # What else the machine runs meanwhile: the bench itself (the load generator and
+            # the probes), the broker when the bench started it, and everything together.
+            "bench_cpu_seconds_per_1k_events": _round(
+                per_thousand(_delta(generator_before, generator_after), published), 4
+            ),
+            "broker_cpu_seconds_per_1k_events": _round(
+                per_thousand(_delta(broker_before, broker_after), published), 4
+            ),
+            "machine_busy_cores": _round(
+                busy_cores(machine_before, machine_after, os.cpu_count()), 2
+            ),
         }
+
+    def _others_cpu(self) -> tuple[float, float | None, tuple[int, int] | None]:
+        """CPU seconds of this process and of the broker (when the bench started it), and the
+        machine's busy ticks, read together."""
+        broker = None if self.broker_pid is None else process_cpu_seconds(self.broker_pid)
+        return time.process_time(), broker, machine_ticks()
 
     async def _probe(self, target: _Target, duration: float) -> ProbeResults:
         """Probe clicks at the plan's rate for ``duration`` seconds, one outstanding per probe
@@ -1462,7 +1525,7 @@ class _Bench:
         deadline = began + WORKER_START_TIMEOUT + expected / MIN_EXPECTED_RATE
         opened_at: float | None = None
         before_window = 0
-        cpu_first = redis_first = None
+        cpu_first = redis_first = machine_first = None
         last_count, moved_at = -1, began
         while True:
             count = await self._seen(target.stats_key)
@@ -1472,6 +1535,7 @@ class _Bench:
             if opened_at is None and count > window_from:
                 opened_at, before_window = now, count
                 cpu_first, redis_first = process_cpu_seconds(pid), await self._redis_cpu()
+                machine_first = machine_ticks()
             if count < expected:
                 target.check()
             # Done when all are in, or when the broker has handed over all it will (the
@@ -1481,6 +1545,7 @@ class _Bench:
             ):
                 closed_at = now if count >= expected else moved_at
                 cpu_last, redis_last = process_cpu_seconds(pid), await self._redis_cpu()
+                machine_last = machine_ticks()
                 return DrainResult(
                     min(count, expected),
                     before_window,
@@ -1489,6 +1554,7 @@ class _Bench:
                     _delta(redis_first, redis_last),
                     startup_seconds=(opened_at or now) - began,
                     undelivered=max(0, expected - count),
+                    machine_busy_cores=busy_cores(machine_first, machine_last, os.cpu_count()),
                 )
             if now > deadline or (count > 0 and now - moved_at > STALL_SECONDS):
                 raise await self._stalled(target, count, expected)

@@ -26,6 +26,7 @@ from shoppulse.bench import (
     World,
     build_report,
     build_world,
+    busy_cores,
     catalog_documents,
     consumed_through,
     drain_rate,
@@ -35,6 +36,8 @@ from shoppulse.bench import (
     event_mix,
     generate_user_events,
     latency_summary,
+    machine_ticks,
+    parse_machine_ticks,
     parse_proc_cpu_seconds,
     parse_proc_status_kb,
     percentile,
@@ -295,6 +298,29 @@ def test_proc_status_fields_are_read_in_bytes() -> None:
     assert parse_proc_status_kb(status, "VmSwap") is None
 
 
+def test_machine_ticks_count_all_but_idle_and_iowait_as_busy() -> None:
+    # cpu user nice system idle iowait irq softirq steal guest guest_nice, then per CPU
+    stat = "cpu  100 5 50 800 40 2 3 0 7 0\ncpu0 50 2 25 400 20 1 1 0 0 0\nintr 1 2 3\n"
+    assert parse_machine_ticks(stat) == (160, 1000)  # guest time is inside user already
+    with pytest.raises(ValueError):
+        parse_machine_ticks("intr 1 2 3\n")
+
+
+def test_busy_cores_are_the_busy_share_of_the_ticks_times_the_cpus() -> None:
+    assert busy_cores((100, 1000), (250, 1200), 2) == pytest.approx(1.5)
+    assert busy_cores((100, 1000), (100, 1000), 2) is None  # no time passed
+    assert busy_cores(None, (250, 1200), 2) is None
+    assert busy_cores((100, 1000), (250, 1200), None) is None
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="needs Linux /proc")
+def test_the_machine_can_be_measured() -> None:
+    before = machine_ticks()
+    sum(n * n for n in range(300_000))  # some work on this process's CPU
+    cores = busy_cores(before, machine_ticks(), os.cpu_count())
+    assert cores is None or 0.0 <= cores <= (os.cpu_count() or 1)
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 def test_this_process_can_be_measured() -> None:
     assert (process_cpu_seconds(os.getpid()) or 0.0) > 0.0
@@ -334,6 +360,9 @@ def _phase(fraction: float, p99: float) -> dict[str, Any]:
         "latency": {"count": 100, "censored": 0, "p50_ms": 40.0, "p95_ms": 80.0, "p99_ms": p99},
         "worker_cpu_seconds_per_1k_events": 0.7 + fraction,
         "redis_cpu_seconds_per_1k_events": 0.2 + fraction,
+        "bench_cpu_seconds_per_1k_events": 0.1,
+        "broker_cpu_seconds_per_1k_events": None,
+        "machine_busy_cores": 1.2 + fraction,
     }
 
 
@@ -350,7 +379,7 @@ def _report(
         publish={"events": 10},
         warmup={"events": 1},
         bare=DrainResult(10_100, 100, 1.0, 0.8, 0.01),
-        shoppulse=DrainResult(6_100, 100, 1.0, 3.0, 1.0),
+        shoppulse=DrainResult(6_100, 100, 1.0, 3.0, 1.0, machine_busy_cores=1.64),
         latency={"shoppulse": [_phase(0.5, p99), _phase(0.8, 400.0)], "bare_faust": []},
         memory={
             "redis": {
@@ -443,6 +472,9 @@ def test_the_table_renders_every_figure() -> None:
     # CPU per event under each steady load, beside the drain's: small batches cost more.
     assert "at 50% load: 1.200 s/1k ev; at 80% load: 1.500 s/1k ev" in text
     assert "at 50% load: 0.700 s/1k ev; at 80% load: 1.000 s/1k ev" in text
+    # How busy the whole machine was: the drain's window and each load.
+    assert "all the work; machine 1.6 cores busy" in text
+    assert "machine 1.7 cores busy" in text and "machine 2.0 cores busy" in text
 
 
 def test_the_bare_worker_reads_the_user_topics_in_its_own_group() -> None:
