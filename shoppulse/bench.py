@@ -562,6 +562,22 @@ def process_cpu_seconds(pid: int) -> float | None:
     return parse_proc_cpu_seconds(stat, os.sysconf("SC_CLK_TCK"))
 
 
+@dataclass(frozen=True, slots=True)
+class CpuReading:
+    """CPU seconds used so far by the worker under measurement, Redis, this process (the
+    bench: load generator and probes) and the broker it started, and the machine's
+    :func:`machine_ticks`; None where not known."""
+
+    worker: float | None
+    redis: float | None
+    bench: float
+    broker: float | None
+    machine: tuple[int, int] | None
+
+    def busy_cores_since(self, before: CpuReading) -> float | None:
+        return busy_cores(before.machine, self.machine, os.cpu_count())
+
+
 def process_memory(pid: int) -> dict[str, int | None]:
     try:
         status = Path(f"/proc/{pid}/status").read_text()
@@ -1279,9 +1295,7 @@ class _Bench:
         name = f"{target.name} at {fraction:.0%} load ({rate:,.0f} events/s)"
         with self._timed(f"latency {name}", f"latency: {name}"):
             baseline = await self._seen(target.stats_key)
-            cpu_before = process_cpu_seconds(target.process.pid)
-            redis_before = await self._redis_cpu()
-            others_before = self._others_cpu()
+            before = await self._read_cpu(target.process.pid)
             background = asyncio.create_task(self._publish(messages, background_rate))
             try:
                 await asyncio.sleep(plan.latency_warmup_seconds)
@@ -1292,11 +1306,11 @@ class _Bench:
             published_at = time.monotonic()
             undelivered = await self._watch_total(target, baseline + published, published)
             caught_up = time.monotonic() - published_at
-            cpu_after = process_cpu_seconds(target.process.pid)
-            redis_after = await self._redis_cpu()
-            others_after = self._others_cpu()
-        generator_before, broker_before, machine_before = others_before
-        generator_after, broker_after, machine_after = others_after
+            after = await self._read_cpu(target.process.pid)
+
+        def per_1k(used_before: float | None, used_after: float | None) -> float | None:
+            return _round(per_thousand(_delta(used_before, used_after), published), 4)
+
         return {
             "load_fraction": fraction,
             "target_rate": round(rate, 1),
@@ -1311,30 +1325,14 @@ class _Bench:
             "undelivered": undelivered,
             "polls_per_second": round(results.polls / max(results.poll_seconds, 1e-9), 1),
             "latency": latency_summary(results.latencies, censored=results.timed_out),
-            "worker_cpu_seconds_per_1k_events": _round(
-                per_thousand(_delta(cpu_before, cpu_after), published), 4
-            ),
-            "redis_cpu_seconds_per_1k_events": _round(
-                per_thousand(_delta(redis_before, redis_after), published), 4
-            ),
+            "worker_cpu_seconds_per_1k_events": per_1k(before.worker, after.worker),
+            "redis_cpu_seconds_per_1k_events": per_1k(before.redis, after.redis),
             # What else the machine runs meanwhile: the bench itself (the load generator and
             # the probes), the broker when the bench started it, and everything together.
-            "bench_cpu_seconds_per_1k_events": _round(
-                per_thousand(_delta(generator_before, generator_after), published), 4
-            ),
-            "broker_cpu_seconds_per_1k_events": _round(
-                per_thousand(_delta(broker_before, broker_after), published), 4
-            ),
-            "machine_busy_cores": _round(
-                busy_cores(machine_before, machine_after, os.cpu_count()), 2
-            ),
+            "bench_cpu_seconds_per_1k_events": per_1k(before.bench, after.bench),
+            "broker_cpu_seconds_per_1k_events": per_1k(before.broker, after.broker),
+            "machine_busy_cores": _round(after.busy_cores_since(before), 2),
         }
-
-    def _others_cpu(self) -> tuple[float, float | None, tuple[int, int] | None]:
-        """CPU seconds of this process and of the broker (when the bench started it), and the
-        machine's busy ticks, read together."""
-        broker = None if self.broker_pid is None else process_cpu_seconds(self.broker_pid)
-        return time.process_time(), broker, machine_ticks()
 
     async def _probe(self, target: _Target, duration: float) -> ProbeResults:
         """Probe clicks at the plan's rate for ``duration`` seconds, one outstanding per probe
@@ -1479,6 +1477,16 @@ class _Bench:
         value = info.get("used_memory")
         return int(value) if value is not None else None
 
+    async def _read_cpu(self, worker_pid: int) -> CpuReading:
+        broker = None if self.broker_pid is None else process_cpu_seconds(self.broker_pid)
+        return CpuReading(
+            process_cpu_seconds(worker_pid),
+            await self._redis_cpu(),
+            time.process_time(),
+            broker,
+            machine_ticks(),
+        )
+
     async def _redis_cpu(self) -> float | None:
         info = await self.redis.info("cpu")
         try:
@@ -1525,7 +1533,7 @@ class _Bench:
         deadline = began + WORKER_START_TIMEOUT + expected / MIN_EXPECTED_RATE
         opened_at: float | None = None
         before_window = 0
-        cpu_first = redis_first = machine_first = None
+        first: CpuReading | None = None  # when the window opens
         last_count, moved_at = -1, began
         while True:
             count = await self._seen(target.stats_key)
@@ -1534,8 +1542,7 @@ class _Bench:
                 last_count, moved_at = count, now
             if opened_at is None and count > window_from:
                 opened_at, before_window = now, count
-                cpu_first, redis_first = process_cpu_seconds(pid), await self._redis_cpu()
-                machine_first = machine_ticks()
+                first = await self._read_cpu(pid)
             if count < expected:
                 target.check()
             # Done when all are in, or when the broker has handed over all it will (the
@@ -1544,17 +1551,16 @@ class _Bench:
                 opened_at is not None and await self._consumed_short(target, moved_at)
             ):
                 closed_at = now if count >= expected else moved_at
-                cpu_last, redis_last = process_cpu_seconds(pid), await self._redis_cpu()
-                machine_last = machine_ticks()
+                last = await self._read_cpu(pid)
                 return DrainResult(
                     min(count, expected),
                     before_window,
                     closed_at - (opened_at or closed_at),
-                    _delta(cpu_first, cpu_last),
-                    _delta(redis_first, redis_last),
+                    None if first is None else _delta(first.worker, last.worker),
+                    None if first is None else _delta(first.redis, last.redis),
                     startup_seconds=(opened_at or now) - began,
                     undelivered=max(0, expected - count),
-                    machine_busy_cores=busy_cores(machine_first, machine_last, os.cpu_count()),
+                    machine_busy_cores=None if first is None else last.busy_cores_since(first),
                 )
             if now > deadline or (count > 0 and now - moved_at > STALL_SECONDS):
                 raise await self._stalled(target, count, expected)
