@@ -80,7 +80,7 @@ from rich.table import Table
 from shoppulse import localstack
 from shoppulse.bench_bare import PROBE_USER_PREFIX, bare_namespace
 from shoppulse.errors import ShopPulseError
-from shoppulse.kafka import ensure_topics, partition_positions
+from shoppulse.kafka import Outgoing, ensure_topics, partition_positions, send_batched
 from shoppulse.settings import Settings
 from stream.keys import Keys, Topics
 from stream.store import connect
@@ -104,7 +104,6 @@ STALL_SECONDS = 30.0  # a worker that takes in nothing for this long has failed
 # every acked event (then the events it is short of were never delivered to it; see
 # ``consumed_through``), and again this often until it moves or stalls.
 CONSUMED_CHECK_SECONDS = 3.0
-CHUNK = 1000  # messages in flight before waiting for their acks
 RIGHT_AFTER = "-next"  # the run label of the bare drain right after the ShopPulse drain
 
 
@@ -113,7 +112,6 @@ def bare_runs(namespace: str) -> tuple[str, str]:
     return bare_namespace(namespace), bare_namespace(namespace, RIGHT_AFTER)
 
 
-Outgoing = tuple[str, bytes, bytes]  # (topic, key, value)
 Document = dict[str, Any]
 UserEvent = tuple[str, Document]  # ("clicks" | "orders", document)
 
@@ -1498,26 +1496,14 @@ class _Bench:
     async def _publish(
         self, messages: Sequence[Outgoing], rate: float | None = None
     ) -> tuple[int, float]:
-        """Send messages in order (at most ``rate`` per second if given), waiting for acks in
-        chunks, and record where each partition's log ends. Returns (sent, seconds)."""
-        pending: list[asyncio.Future[Any]] = []
+        """Send messages in order (at most ``rate`` per second if given), in record batches
+        (:func:`send_batched`, as a shop's producers would batch), and record where each
+        partition's log ends. Returns (sent, seconds)."""
         began = time.monotonic()
-        for sent, (topic, key, value) in enumerate(messages, 1):
-            pending.append(await self.producer.send(topic, value, key=key))
-            if rate:
-                ahead = sent / rate - (time.monotonic() - began)
-                if ahead > 0:
-                    await asyncio.sleep(ahead)
-            if len(pending) >= CHUNK:
-                self._record_ends(await asyncio.gather(*pending))
-                pending.clear()
-        self._record_ends(await asyncio.gather(*pending))
-        return len(messages), time.monotonic() - began
-
-    def _record_ends(self, acks: Sequence[Any]) -> None:
-        for ack in acks:
-            tp = (ack.topic, ack.partition)
-            self.ends[tp] = max(self.ends.get(tp, 0), ack.offset + 1)
+        sent = await send_batched(self.producer, messages, rate)
+        for tp, end in sent.ends.items():
+            self.ends[tp] = max(self.ends.get(tp, 0), end)
+        return sent.count, time.monotonic() - began
 
     # -- waiting --------------------------------------------------------------------------------
     async def _seen(self, stats_key: str) -> int:

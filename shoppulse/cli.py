@@ -12,6 +12,7 @@ from collections.abc import Coroutine, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict
 from enum import StrEnum
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -884,7 +885,7 @@ async def publish_shop(
         with _progress() as progress:
             task = progress.add_task("catalog", total=len(stream.catalog))
             await publisher.send_many(
-                topics.catalog, stream.catalog, on_sent=lambda n: progress.advance(task, n)
+                topics.catalog, stream.catalog, on_sent=partial(progress.advance, task)
             )
             # Orders first: a shop's history of orders, then its clickstream (each keeps its
             # time order; churn histories do not depend on the order they arrive in).
@@ -896,7 +897,7 @@ async def publish_shop(
                     continue
                 task = progress.add_task(name, total=len(messages))
                 await publisher.send_many(
-                    topic, messages, rate, on_sent=lambda n, t=task: progress.advance(t, n)
+                    topic, messages, rate, on_sent=partial(progress.advance, task)
                 )
     return len(events)
 
@@ -931,11 +932,11 @@ async def publish_movielens(settings: Settings, limit: int | None, rate: float |
         with _progress() as progress:
             task = progress.add_task("catalog", total=len(events.catalog))
             await publisher.send_many(
-                topics.catalog, events.catalog, on_sent=lambda n: progress.advance(task, n)
+                topics.catalog, events.catalog, on_sent=partial(progress.advance, task)
             )
             task = progress.add_task("ratings as clicks", total=len(events.clicks))
             await publisher.send_many(
-                topics.clicks, events.clicks, rate, on_sent=lambda n: progress.advance(task, n)
+                topics.clicks, events.clicks, rate, on_sent=partial(progress.advance, task)
             )
     return len(events.clicks)
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -13,12 +15,18 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.helpers import create_ssl_context
+from aiokafka.partitioner import DefaultPartitioner
 
 from shoppulse.errors import ShopPulseError
 from shoppulse.settings import Settings, get_settings
 
-Message = tuple[bytes | None, bytes]
+Message = tuple[bytes | None, bytes]  # (key, value)
+Outgoing = tuple[str, bytes | None, bytes]  # (topic, key, value)
 Security = Mapping[str, Any]
+# A paced send releases what is due this often, as one record batch per partition.
+PACE_SECONDS = 0.01
+UNPACED_CHUNK = 5_000  # messages batched per round when sending as fast as possible
+ACKS_PENDING = 256  # record batches sent before waiting for their acks
 
 
 def security_options(settings: Settings | None = None) -> dict[str, Any]:
@@ -84,6 +92,81 @@ def encode(document: dict[str, Any]) -> bytes:
     return orjson.dumps(document)
 
 
+@dataclass
+class Sent:
+    """What :func:`send_batched` sent: how many messages, and per (topic, partition) the log
+    end the broker acknowledged (its offset after the last of them)."""
+
+    count: int = 0
+    ends: dict[tuple[str, int], int] = field(default_factory=dict)
+
+
+async def send_batched(
+    producer: AIOKafkaProducer,
+    messages: Iterable[Outgoing],
+    rate: float | None = None,
+    on_sent: Callable[[int], None] | None = None,
+) -> Sent:
+    """Send messages in order, each to the partition its key hashes to (the partitioner the
+    producer's own ``send`` uses, so a key's messages keep their order), as one record batch
+    per partition at a time; at most ``rate`` per second if given, released every
+    ``PACE_SECONDS``. Waits for the broker's acks, so an error surfaces here; ``on_sent``
+    hears how many each wait confirmed.
+
+    Batches rather than ``send`` per message: at 3,600 messages/s that costs about a third of
+    the CPU, here and in the broker (0.027 + 0.013 s per 1,000 messages against 0.094 +
+    0.046 on the development broker), which matters when both share a small machine with
+    the worker they feed."""
+    pending: list[tuple[asyncio.Future[Any], int]] = []  # record batches and their sizes
+    sent, released = Sent(), 0
+    partitions: dict[str, list[int]] = {}
+    partition_of = DefaultPartitioner()
+    remaining = iter(messages)
+    started = time.monotonic()
+
+    async def send(topic: str, partition: int, batch: Any) -> None:
+        batch.close()
+        future = await producer.send_batch(batch, topic, partition=partition)
+        pending.append((future, batch.record_count()))
+
+    async def confirm() -> None:
+        acks = await asyncio.gather(*(future for future, _ in pending))
+        for metadata, (_, count) in zip(acks, pending, strict=True):
+            tp = (metadata.topic, metadata.partition)
+            sent.ends[tp] = max(sent.ends.get(tp, 0), metadata.offset + count)
+            sent.count += count
+            if on_sent:
+                on_sent(count)
+        pending.clear()
+
+    while True:
+        due = int((time.monotonic() - started) * rate) + 1 - released if rate else UNPACED_CHUNK
+        wanted = min(max(due, 0), UNPACED_CHUNK)
+        chunk = list(itertools.islice(remaining, wanted))
+        released += len(chunk)
+        batches: dict[tuple[str, int], Any] = {}
+        for topic, key, value in chunk:
+            if topic not in partitions:
+                partitions[topic] = sorted(await producer.partitions_for(topic))
+            tp = (topic, partition_of(key, partitions[topic], partitions[topic]))
+            batch = batches.get(tp)
+            if batch is None:
+                batch = batches[tp] = producer.create_batch()
+            if batch.append(key=key, value=value, timestamp=None) is None:  # full: send it
+                await send(*tp, batch)
+                batch = batches[tp] = producer.create_batch()
+                batch.append(key=key, value=value, timestamp=None)  # a fresh one takes any
+        for (topic, partition), batch in batches.items():
+            await send(topic, partition, batch)
+        exhausted = len(chunk) < wanted
+        if exhausted or len(pending) >= ACKS_PENDING:
+            await confirm()
+        if exhausted:
+            return sent
+        if rate:
+            await asyncio.sleep(PACE_SECONDS)
+
+
 class Publisher:
     """Publishes messages, optionally at a steady rate, waiting for the broker's acks."""
 
@@ -111,32 +194,12 @@ class Publisher:
         topic: str,
         messages: Iterable[Message],
         rate: float | None = None,
-        on_sent: Any = None,
+        on_sent: Callable[[int], None] | None = None,
     ) -> int:
-        """Send all messages; at most ``rate`` per second if given. Returns how many were sent.
-
-        Sends are pipelined in chunks and each chunk waits for its acks, so a broker error
-        surfaces here instead of being lost in the background."""
-        pending: list[asyncio.Future[Any]] = []
-        sent = 0
-        started = time.monotonic()
-        for key, value in messages:
-            pending.append(await self._producer.send(topic, value=value, key=key))
-            sent += 1
-            if rate:
-                ahead = sent / rate - (time.monotonic() - started)
-                if ahead > 0:
-                    await asyncio.sleep(ahead)
-            if len(pending) >= 1000:
-                await asyncio.gather(*pending)
-                pending.clear()
-                if on_sent:
-                    on_sent(1000)
-        if pending:
-            await asyncio.gather(*pending)
-            if on_sent:
-                on_sent(len(pending))
-        return sent
+        """Send all messages (:func:`send_batched`); at most ``rate`` per second if given.
+        Returns how many were sent."""
+        outgoing = ((topic, key, value) for key, value in messages)
+        return (await send_batched(self._producer, outgoing, rate, on_sent)).count
 
 
 async def follow(

@@ -40,7 +40,6 @@ from rich.table import Table
 from shoppulse import localstack
 from shoppulse.bench import (
     LoadSpec,
-    Outgoing,
     build_world,
     catalog_documents,
     encode_catalog,
@@ -50,7 +49,7 @@ from shoppulse.bench import (
     settings_env,
 )
 from shoppulse.errors import ShopPulseError
-from shoppulse.kafka import ensure_topics, security_options
+from shoppulse.kafka import Outgoing, ensure_topics, security_options, send_batched
 from shoppulse.settings import Settings
 from stream.keys import Keys, Topics
 from stream.store import RedisStore, connect
@@ -306,13 +305,7 @@ class _Soak:
         return encode_user_events(events, self.topics)
 
     async def _send(self, producer: AIOKafkaProducer, messages: Sequence[Outgoing]) -> None:
-        pending = []
-        for topic, key, value in messages:
-            pending.append(await producer.send(topic, value=value, key=key))
-            if len(pending) >= 1000:
-                await asyncio.gather(*pending)
-                pending.clear()
-        await asyncio.gather(*pending)
+        await send_batched(producer, messages)
         self.published += sum(1 for topic, _, _ in messages if topic != self.topics.catalog)
 
     async def _drain_rate(self, store: RedisStore, backlog: int, log_path: Path) -> float | None:
