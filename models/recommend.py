@@ -13,7 +13,6 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from itertools import compress
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -34,21 +33,25 @@ class Recommendation(NamedTuple):
 
 
 class Neighbours(Mapping[str, Sequence[tuple[str, float]]]):
-    """Items' neighbours with their similarities, as flat arrays: item ``sources[k]`` has
-    ``others[starts[k]:starts[k + 1]]`` with ``similarities`` at the same positions. Reads
-    as a mapping ``item -> [(neighbour, similarity)]``; :func:`rank_batch` uses the arrays as
-    they are (one CSR matrix, no per-pair Python objects)."""
+    """Items' neighbours with their similarities, as flat arrays: item ``sources[k]`` has the
+    pairs ``starts[k]`` to ``starts[k + 1]``, pair ``p`` naming neighbour ``ids[neighbour[p]]``
+    with ``similarities[p]``. Each neighbour id is held once however many items keep it (a
+    batch has tens of thousands of pairs over a few thousand neighbours), so per-pair work is
+    array work. Reads as a mapping ``item -> [(neighbour, similarity)]``; :func:`rank_batch`
+    uses the arrays as they are (one CSR matrix, no per-pair Python objects)."""
 
     def __init__(
         self,
         sources: Sequence[str],
         starts: NDArray[np.int64],
-        others: Sequence[str],
+        ids: Sequence[str],
+        neighbour: NDArray[np.int64],
         similarities: NDArray[np.float64],
     ) -> None:
         self.sources = list(sources)
         self.starts = starts
-        self.others = list(others)
+        self.ids = list(ids)
+        self.neighbour = neighbour
         self.similarities = similarities
         self.position = {item_id: k for k, item_id in enumerate(self.sources)}
 
@@ -60,16 +63,22 @@ class Neighbours(Mapping[str, Sequence[tuple[str, float]]]):
         lengths = [len(pairs[item_id]) for item_id in sources]
         starts = np.zeros(len(sources) + 1, dtype=np.int64)
         np.cumsum(lengths, out=starts[1:])
-        others = [other for item_id in sources for other, _ in pairs[item_id]]
+        at: dict[str, int] = {}
+        neighbour = [at.setdefault(other, len(at)) for i in sources for other, _ in pairs[i]]
         values = [value for item_id in sources for _, value in pairs[item_id]]
-        return cls(sources, starts, others, np.asarray(values, dtype=np.float64))
+        return cls(
+            sources,
+            starts,
+            list(at),
+            np.asarray(neighbour, dtype=np.int64),
+            np.asarray(values, dtype=np.float64),
+        )
 
     def __getitem__(self, item_id: str) -> list[tuple[str, float]]:
         k = self.position[item_id]
         start, stop = int(self.starts[k]), int(self.starts[k + 1])
-        return list(
-            zip(self.others[start:stop], self.similarities[start:stop].tolist(), strict=True)
-        )
+        others = [self.ids[n] for n in self.neighbour[start:stop].tolist()]
+        return list(zip(others, self.similarities[start:stop].tolist(), strict=True))
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.sources)
@@ -79,6 +88,12 @@ class Neighbours(Mapping[str, Sequence[tuple[str, float]]]):
 
     def __contains__(self, item_id: object) -> bool:
         return item_id in self.position
+
+    def pairs_of(self, sources: Iterable[str]) -> NDArray[np.bool_]:
+        """Which pairs belong to these source items (those it holds)."""
+        used = np.zeros(len(self.sources), dtype=bool)
+        used[[self.position[i] for i in sources if i in self.position]] = True
+        return np.repeat(used, np.diff(self.starts))
 
 
 def itemknn_scores(
@@ -340,8 +355,8 @@ def _candidate_ids(
         ids.update(user.als)
         sources.update(item_id for item_id, _, _ in user.recent)
         categories.update(category for category, _ in user.favourites)
-    for k in sorted(neighbours.position[i] for i in sources if i in neighbours):
-        ids.update(neighbours.others[neighbours.starts[k] : neighbours.starts[k + 1]])
+    kept = np.unique(neighbours.neighbour[neighbours.pairs_of(sources)])
+    ids.update(map(neighbours.ids.__getitem__, kept.tolist()))
     for category in categories:
         ids.update(item_id for item_id, _ in category_items.get(category, ()))
     return sorted(ids)
@@ -393,8 +408,8 @@ def _itemknn_scores(
     used = np.zeros(len(neighbours.sources), dtype=bool)
     used[vote_cols] = True
     pair_used = np.repeat(used, np.diff(neighbours.starts))
-    cols = np.zeros(len(neighbours.others), dtype=np.int64)
-    cols[pair_used] = list(map(index.__getitem__, compress(neighbours.others, pair_used.tolist())))
+    column_of = _ints([index.get(item_id, 0) for item_id in neighbours.ids])
+    cols = np.where(pair_used, column_of[neighbours.neighbour], 0)
     values = np.where(pair_used, neighbours.similarities, 0.0)
     similarity = sp.csr_matrix(
         (values, cols, neighbours.starts), shape=(len(neighbours.sources), len(index))

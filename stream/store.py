@@ -397,18 +397,17 @@ class RedisStore:
             out_of_stock |= _flagged(_flat_members(flat), flags)
         out_of_stock |= _flagged(others, others_oos)
         out_of_stock |= _flagged(list(more_candidates), extra_oos)
-        pairs = list(chain.from_iterable(counts))  # j, C[i,j], ... for each item in turn
-        paired = pairs[0::2]
-        position = {other: k for k, other in enumerate(others)}
-        paired_norms = _numbers(other_norms, 0.0)[list(map(position.__getitem__, paired))]
+        pairs = list(chain.from_iterable(counts))  # at, C[i,j], ... for each item in turn
+        neighbour = np.array(pairs[0::2], dtype=np.int64) - 1  # Lua counts from 1
         return RecommendationInputs(
             _similarities(
                 source_items,
                 [len(flat) // 2 for flat in counts],
-                paired,
+                others,
+                neighbour,
                 _numbers(item_norms, 0.0),
                 _numbers(pairs[1::2], np.nan),
-                paired_norms,
+                _numbers(other_norms, 0.0)[neighbour],
                 shrinkage,
             ),
             _score_pairs(popular),
@@ -482,18 +481,21 @@ def _numbers(replies: list[Any], missing: float) -> NDArray[np.float64]:
 def _similarities(
     items: Sequence[str],
     lengths: Sequence[int],
-    others: Sequence[str],
+    ids: Sequence[str],
+    neighbour: NDArray[np.int64],
     item_norms: NDArray[np.float64],
     counts: NDArray[np.float64],
-    other_norms: NDArray[np.float64],
+    neighbour_norms: NDArray[np.float64],
     shrinkage: float,
 ) -> Neighbours:
     """Each item's kept neighbours with their shrunk cosine from C and N as they are now, for
     the whole batch in one array pass: item ``items[k]`` has the next ``lengths[k]`` pairs of
-    the flat ``others``, ``counts`` and ``other_norms``. Pairs of no positive similarity are
-    left out."""
+    the flat ``neighbour`` (positions in ``ids``), ``counts`` and ``neighbour_norms``. Pairs of
+    no positive similarity are left out."""
     per_item = np.array(lengths, dtype=np.int64)
-    values = shrunk_cosine_array(counts, np.repeat(item_norms, per_item), other_norms, shrinkage)
+    values = shrunk_cosine_array(
+        counts, np.repeat(item_norms, per_item), neighbour_norms, shrinkage
+    )
     kept = values > 0.0
     # Per item, how many of its pairs are kept: the offsets of the flat arrays.
     owner = np.repeat(np.arange(len(items)), per_item)
@@ -502,4 +504,4 @@ def _similarities(
     starts = np.zeros(int(has_any.sum()) + 1, dtype=np.int64)
     np.cumsum(kept_per_item[has_any], out=starts[1:])
     sources = list(compress(items, has_any.tolist()))
-    return Neighbours(sources, starts, list(compress(others, kept.tolist())), values[kept])
+    return Neighbours(sources, starts, ids, neighbour[kept], values[kept])

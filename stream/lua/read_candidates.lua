@@ -13,8 +13,9 @@
 --   popularity (and each of categories) as ZRANGE ... REV WITHSCORES gives it (member, score,
 --   ...), with *_oos the SMISMEMBER flags of its members in the out-of-stock set;
 --   item_norms: N of each of items, in order;
---   counts: for each of items, its kept neighbours j and C[i,j] now, as HGETALL gives them
---   (j, C, j, C, ...);
+--   counts: for each of items, its kept neighbours j and C[i,j] now (at, C, at, C, ...), j
+--   given by its position in others (from 1) and C as a whole number when it is one, as
+--   HGETALL's text otherwise;
 --   others: every neighbour of those once, with other_norms (N[j] now) and others_oos (its
 --   out-of-stock flag) in the same order;
 --   extra_oos: the out-of-stock flags of extra.
@@ -22,9 +23,11 @@
 -- The similarity is computed by the reader from C and N as they are now: the score a
 -- neighbour set holds was computed when the pair last changed, and N[j] may have grown since.
 --
--- Replies are returned as Redis gives them: every element a script handles or returns costs
--- more than the commands' own work, so each neighbour's norm and stock flag are read once per
--- batch, however many of the batch's items keep it.
+-- Every element a script handles or returns costs more than the commands' own work, so each
+-- neighbour's id, norm and stock flag are returned once per batch, however many of the
+-- batch's items keep it; a pair names its neighbour by position. Whole counts (every count,
+-- with the default event weights) go back as integers, which the reader takes in at a
+-- fraction of the cost of parsing text; a count that is not whole stays text.
 
 local p = cjson.decode(ARGV[1])
 local CHUNK = 1000 -- arguments per command, well inside Lua's stack
@@ -38,6 +41,14 @@ local function chunked(command, key, ids)
     for n = 1, #reply do all[#all + 1] = reply[n] end
   end
   return all
+end
+
+-- A count as a Lua number if it is whole (Redis replies with an integer), else its text.
+local WHOLE_LIMIT = 2 ^ 53 -- every whole number up to here is exact in a double
+local function whole(text)
+  local x = tonumber(text)
+  if x and x == math.floor(x) and math.abs(x) < WHOLE_LIMIT then return x end
+  return text
 end
 
 -- Out-of-stock flags of the members of a flat member, score, ... list.
@@ -65,14 +76,18 @@ for n, item in ipairs(p.items) do
     adopt_neighbour_counts(p.sim_prefix .. item, p.cooc_prefix .. item, nbc_key)
     flat = redis.call('HGETALL', nbc_key)
   end
-  counts[n] = flat
   for k = 1, #flat, 2 do
     local j = flat[k]
-    if not seen[j] then
-      seen[j] = true
-      others[#others + 1] = j
+    local at = seen[j]
+    if not at then
+      at = #others + 1
+      seen[j] = at
+      others[at] = j
     end
+    flat[k] = at
+    flat[k + 1] = whole(flat[k + 1])
   end
+  counts[n] = flat
 end
 local other_norms, others_oos, extra_oos = {}, {}, {}
 if #others > 0 then

@@ -168,12 +168,14 @@ async def redis_state(store: RedisStore, settings: Settings) -> dict[str, Any]:
     return {"values": flatten(state), "clock": clock, "stats": counts}
 
 
+CAPS = {"cooc_cap": 1000, "neighbours_k": 1000, "cooc_window": 1000, "interactions_cap": 1000}
+
+
 @pytest.fixture
 async def processor(redis_url: str) -> AsyncIterator[Processor]:
     """Caps so large that nothing is trimmed, and a co-occurrence window that pairs every item
     of the user."""
-    caps = {"cooc_cap": 1000, "neighbours_k": 1000, "cooc_window": 1000, "interactions_cap": 1000}
-    async with processor_for(redis_url, **caps) as built:
+    async with processor_for(redis_url, **CAPS) as built:
         yield built
 
 
@@ -262,6 +264,20 @@ async def test_commit_keeps_what_the_definitions_give(compared: Compared) -> Non
 
 async def test_similarities_served_are_shrunk_cosines_of_the_counts_now(compared: Compared) -> None:
     actual, expected = compared
+    assert only(actual, "sim") == pytest.approx(only(expected, "sim"), rel=1e-9)
+
+
+async def test_similarities_served_from_counts_that_are_not_whole(redis_url: str) -> None:
+    """Weights with fractions make fractional counts, which reach the reader as text (whole
+    ones come as integers): both are served as the definitions give."""
+    weights = {"view": 0.7, "click": 1.3, "add_to_cart": 2.9, "remove_from_cart": 0.0}
+    async with processor_for(redis_url, **CAPS, event_weights={**weights, "purchase": 4.1}) as p:
+        events = event_stream()
+        await deliver(p, events)
+        actual = await redis_state(p.store, p.settings)
+        expected = reference(events, p.settings)
+    counts = only(actual, "cooc").values()
+    assert any(c != round(c) for c in counts) and any(c == round(c) for c in counts)
     assert only(actual, "sim") == pytest.approx(only(expected, "sim"), rel=1e-9)
 
 
