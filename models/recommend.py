@@ -283,21 +283,24 @@ def blend_scored(
     order = np.argsort(-totals, kind="stable")
     order = order[np.argsort(cells[order] // width, kind="stable")]
     cells, totals, best_source = cells[order], totals[order], best_source[order]
-    rows, cols = cells // width, cells % width
-    starts = np.searchsorted(rows, np.arange(user_count + 1))
+    rows = cells // width
+    starts = np.searchsorted(rows, np.arange(user_count + 1)).tolist()
+    # Python values once for the batch, not three array slices per user.
+    cell_items = list(map(ids.__getitem__, (cells % width).tolist()))
+    cell_scores = [round(total, _SCORE_DIGITS) for total in totals.tolist()]
+    cell_sources = list(map(names.__getitem__, best_source.tolist()))
     ranked: list[list[Recommendation]] = []
     for user in range(user_count):
-        start, stop = int(starts[user]), int(min(starts[user + 1], starts[user] + n))
+        start, stop = starts[user], min(starts[user + 1], starts[user] + n)
         ranked.append(
-            [
-                Recommendation(ids[col], round(total, _SCORE_DIGITS), names[source])
-                for col, total, source in zip(
-                    cols[start:stop].tolist(),
-                    totals[start:stop].tolist(),
-                    best_source[start:stop].tolist(),
-                    strict=True,
+            list(
+                map(
+                    Recommendation,
+                    cell_items[start:stop],
+                    cell_scores[start:stop],
+                    cell_sources[start:stop],
                 )
-            ]
+            )
         )
     return ranked
 
