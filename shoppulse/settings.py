@@ -172,7 +172,7 @@ class Settings(BaseSettings):
     # Stream batching.
     # Batches reach this size only under a backlog (stream/transport.py take_batches): there the
     # per-batch costs (each user's neighbour lists, popularity, the scripts' fixed work) are
-    # shared by more events. A larger cap drains faster (README, "Throughput and latency") but
+    # shared by more events. A larger cap drains faster (docs/throughput-journal.md) but
     # lengthens the longest script, during which Redis answers nobody else.
     batch_size: int = Field(5000, ge=1, description="Most events processed in one micro-batch.")
     batch_window_ms: int = Field(

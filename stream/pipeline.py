@@ -19,7 +19,7 @@ keeps everything else as if batches ran one at a time:
 The agent overlaps every batch, not only full ones: at half the maximum rate the worker's
 event loop still waited on Redis a third of the time, and overlapping there cut the bench's
 p99 click-to-recommendation time from 509-529 ms to 423-424 ms in two runs (later runs of the
-same code at the same load gave up to 501 ms: README, "Throughput and latency"). A lone
+same code at the same load gave up to 501 ms: docs/throughput-journal.md). A lone
 click loses nothing by it: its second stage runs while the agent waits for the next event.
 
 Pure asyncio: no Kafka, Faust or Redis here, so it is unit-tested on its own.
