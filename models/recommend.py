@@ -89,10 +89,10 @@ class Neighbours(Mapping[str, Sequence[tuple[str, float]]]):
     def __contains__(self, item_id: object) -> bool:
         return item_id in self.position
 
-    def pairs_of(self, sources: Iterable[str]) -> NDArray[np.bool_]:
-        """Which pairs belong to these source items (those it holds)."""
+    def pairs_of(self, rows: Sequence[int]) -> NDArray[np.bool_]:
+        """Which pairs belong to the source items at these positions (of ``sources``)."""
         used = np.zeros(len(self.sources), dtype=bool)
-        used[[self.position[i] for i in sources if i in self.position]] = True
+        used[list(rows)] = True
         return np.repeat(used, np.diff(self.starts))
 
 
@@ -358,7 +358,8 @@ def _candidate_ids(
         ids.update(user.als)
         sources.update(item_id for item_id, _, _ in user.recent)
         categories.update(category for category, _ in user.favourites)
-    kept = np.unique(neighbours.neighbour[neighbours.pairs_of(sources)])
+    rows = [neighbours.position[i] for i in sources if i in neighbours]
+    kept = np.unique(neighbours.neighbour[neighbours.pairs_of(rows)])
     ids.update(map(neighbours.ids.__getitem__, kept.tolist()))
     for category in categories:
         ids.update(item_id for item_id, _ in category_items.get(category, ()))
@@ -408,9 +409,7 @@ def _itemknn_scores(
         return SourceScores(_ints([]), _ints([]), np.zeros(0))
     # Only the rows of sources some user votes for have all their neighbours among the
     # candidates; the others' columns are left empty.
-    used = np.zeros(len(neighbours.sources), dtype=bool)
-    used[vote_cols] = True
-    pair_used = np.repeat(used, np.diff(neighbours.starts))
+    pair_used = neighbours.pairs_of(vote_cols)
     column_of = _ints([index.get(item_id, 0) for item_id in neighbours.ids])
     cols = np.where(pair_used, column_of[neighbours.neighbour], 0)
     values = np.where(pair_used, neighbours.similarities, 0.0)
