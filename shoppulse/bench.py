@@ -29,7 +29,8 @@ One run, on one machine, in a fresh namespace whose Redis keys are deleted at th
    only, so a few small commands per poll). The bare worker gets the same probes at 50% (and
    in full mode 80%) of the ShopPulse rate; it sets a key per probe user after decoding the
    batch, which gives the floor that Faust and the broker alone put under the latency.
-   ``--drain-only`` skips this step (:func:`without_latency`).
+   ``--drain-only`` skips this step (:func:`without_latency`); ``--latency-load`` replaces 50%
+   and 80% with other loads, for both workers (:func:`with_latency_loads`).
    Polling rather than consuming ``{ns}.recommendations``: the topic is written after Redis
    and read through a fetch loop, which would add the producer's linger and the fetch wait to
    every figure, and consuming it means decoding every user's list at up to 80% of the max
@@ -425,6 +426,19 @@ def without_latency(plan: BenchPlan) -> BenchPlan:
     on every figure."""
     return replace(
         plan, mode=f"{plan.mode}, drain only", latency_fractions=(), bare_latency_fractions=()
+    )
+
+
+def with_latency_loads(plan: BenchPlan, fractions: Sequence[float]) -> BenchPlan:
+    """``plan`` with its latency phases, for both workers, at these fractions of the base
+    rate instead, lowest first: to find the load up to which click-to-recommendation time
+    stays low (past it, batches grow and time rises steeply)."""
+    loads = tuple(sorted(set(fractions)))
+    return replace(
+        plan,
+        mode=f"{plan.mode}, loads " + "/".join(f"{load:.0%}" for load in loads),
+        latency_fractions=loads,
+        bare_latency_fractions=loads,
     )
 
 
@@ -951,12 +965,16 @@ def run_bench(
     console: Console,
     latency_base: float | None = None,
     drain_only: bool = False,
+    latency_loads: Sequence[float] = (),
 ) -> dict[str, Any]:
     """Run the whole bench (see the module docstring); print a table, write the JSON report to
     ``out_path`` and return it. ``latency_base`` (events/s) fixes what the latency phases'
     loads are fractions of, so two versions of the code are compared at the same load;
-    ``drain_only`` skips the latency phases (:func:`without_latency`)."""
+    ``latency_loads`` replaces those fractions (:func:`with_latency_loads`); ``drain_only``
+    skips the latency phases (:func:`without_latency`)."""
     plan = QUICK if quick else FULL
+    if latency_loads:
+        plan = with_latency_loads(plan, latency_loads)
     if drain_only:
         plan = without_latency(plan)
     if settings.redis_cluster:  # its memory figures read one server's INFO

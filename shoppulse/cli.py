@@ -564,6 +564,16 @@ def bench(
             "ShopPulse drain rate); fix it to compare two versions at the same load.",
         ),
     ] = None,
+    latency_load: Annotated[
+        list[float] | None,
+        typer.Option(
+            min=0.05,
+            max=1.0,
+            help="A latency phase's load, as a fraction of the latency base; repeat it "
+            "(--latency-load 0.3 --latency-load 0.4) to replace 50% and 80% with a series, "
+            "and find the load up to which latency stays low.",
+        ),
+    ] = None,
     drain_only: Annotated[
         bool,
         typer.Option(
@@ -574,8 +584,11 @@ def bench(
 ) -> None:
     """Drain rate of a bare Faust worker and of the ShopPulse worker side by side,
     click-to-recommendation latency at 50% and 80% load, memory and CPU per event."""
-    if drain_only and (latency_base is not None or soak is not None):
-        fail("--drain-only measures no latency and runs no soak: drop --latency-base and --soak")
+    if drain_only and (latency_base is not None or latency_load or soak is not None):
+        fail(
+            "--drain-only measures no latency and runs no soak: "
+            "drop --latency-base, --latency-load and --soak"
+        )
     settings = load_settings()
     try:
         if soak is not None:
@@ -586,7 +599,7 @@ def bench(
             return
         from shoppulse.bench import run_bench
 
-        run_bench(settings, quick, out, console, latency_base, drain_only)
+        run_bench(settings, quick, out, console, latency_base, drain_only, latency_load or ())
     except ShopPulseError as exc:
         fail(str(exc))
 

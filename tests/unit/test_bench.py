@@ -46,6 +46,7 @@ from shoppulse.bench import (
     report_table,
     settings_env,
     short_partitions,
+    with_latency_loads,
     without_latency,
     zipf_weights,
 )
@@ -415,6 +416,19 @@ def test_a_drain_only_plan_keeps_the_load_and_the_drains_and_drops_the_latency(
     )
     assert drains.bare_right_after == plan.bare_right_after  # the ratio's two bare drains
     assert drains.mode == f"{plan.mode}, drain only"
+
+
+@pytest.mark.parametrize("plan", [QUICK, FULL], ids=["quick", "full"])
+def test_latency_loads_replace_both_workers_phases_lowest_first(plan: BenchPlan) -> None:
+    series = with_latency_loads(plan, [0.4, 0.3, 0.5, 0.3])
+    assert series.latency_fractions == series.bare_latency_fractions == (0.3, 0.4, 0.5)
+    assert series.mode == f"{plan.mode}, loads 30%/40%/50%"
+    assert (series.load, series.drain_events) == (plan.load, plan.drain_events)
+    # Without the 50% phase there is no p99 at half load to judge.
+    floors = evaluate_floors(
+        {"drain": {"ratio": 0.6}, "latency": {"shoppulse": [_phase(0.3, 120.0)]}}
+    )
+    assert floors["p99_ms_at_half_load"] is None
 
 
 def test_the_report_names_what_the_latency_loads_are_fractions_of() -> None:

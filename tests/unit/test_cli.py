@@ -80,11 +80,21 @@ def test_a_bad_retrain_interval_is_refused() -> None:
     assert "duration" in result.output
 
 
-@pytest.mark.parametrize("other", [["--latency-base", "5000"], ["--soak", "1"]])
+@pytest.mark.parametrize(
+    "other", [["--latency-base", "5000"], ["--latency-load", "0.3"], ["--soak", "1"]]
+)
 def test_a_drain_only_bench_refuses_what_it_does_not_measure(other: list[str]) -> None:
     result = runner.invoke(cli, ["bench", "--drain-only", *other])
     assert result.exit_code == 2
     assert "--drain-only measures no latency" in one_line_error(result)
+
+
+@pytest.mark.parametrize("load", ["0", "1.5", "half"])
+def test_a_latency_load_outside_a_share_of_the_base_is_refused(load: str) -> None:
+    result = runner.invoke(cli, ["bench", "--latency-load", "0.3", "--latency-load", load])
+    assert result.exit_code == 2
+    assert "--latency-load" in result.output
+    assert "Traceback" not in result.output
 
 
 def test_a_negative_rate_is_refused() -> None:
