@@ -586,8 +586,29 @@ class CpuReading:
     broker: float | None
     machine: tuple[int, int] | None
 
-    def busy_cores_since(self, before: CpuReading) -> float | None:
-        return busy_cores(before.machine, self.machine, os.cpu_count())
+    def used_since(self, before: CpuReading | None) -> CpuUsed:
+        """What was used between ``before`` and this reading (nothing known without one)."""
+        if before is None:
+            return CpuUsed(None, None, None, None, None)
+        return CpuUsed(
+            _delta(before.worker, self.worker),
+            _delta(before.redis, self.redis),
+            self.bench - before.bench,
+            _delta(before.broker, self.broker),
+            busy_cores(before.machine, self.machine, os.cpu_count()),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CpuUsed:
+    """CPU seconds used by each process between two :class:`CpuReading` readings, and how
+    many of the machine's cores were busy meanwhile; None where not known."""
+
+    worker: float | None
+    redis: float | None
+    bench: float | None
+    broker: float | None
+    busy_cores: float | None
 
 
 def process_memory(pid: int) -> dict[str, int | None]:
@@ -1322,10 +1343,10 @@ class _Bench:
             published_at = time.monotonic()
             undelivered = await self._watch_total(target, baseline + published, published)
             caught_up = time.monotonic() - published_at
-            after = await self._read_cpu(target.process.pid)
+            used = (await self._read_cpu(target.process.pid)).used_since(before)
 
-        def per_1k(used_before: float | None, used_after: float | None) -> float | None:
-            return _round(per_thousand(_delta(used_before, used_after), published), 4)
+        def per_1k(seconds: float | None) -> float | None:
+            return _round(per_thousand(seconds, published), 4)
 
         return {
             "load_fraction": fraction,
@@ -1341,13 +1362,13 @@ class _Bench:
             "undelivered": undelivered,
             "polls_per_second": round(results.polls / max(results.poll_seconds, 1e-9), 1),
             "latency": latency_summary(results.latencies, censored=results.timed_out),
-            "worker_cpu_seconds_per_1k_events": per_1k(before.worker, after.worker),
-            "redis_cpu_seconds_per_1k_events": per_1k(before.redis, after.redis),
+            "worker_cpu_seconds_per_1k_events": per_1k(used.worker),
+            "redis_cpu_seconds_per_1k_events": per_1k(used.redis),
             # What else the machine runs meanwhile: the bench itself (the load generator and
             # the probes), the broker when the bench started it, and everything together.
-            "bench_cpu_seconds_per_1k_events": per_1k(before.bench, after.bench),
-            "broker_cpu_seconds_per_1k_events": per_1k(before.broker, after.broker),
-            "machine_busy_cores": _round(after.busy_cores_since(before), 2),
+            "bench_cpu_seconds_per_1k_events": per_1k(used.bench),
+            "broker_cpu_seconds_per_1k_events": per_1k(used.broker),
+            "machine_busy_cores": _round(used.busy_cores, 2),
         }
 
     async def _probe(self, target: _Target, duration: float) -> ProbeResults:
@@ -1555,16 +1576,16 @@ class _Bench:
                 opened_at is not None and await self._consumed_short(target, moved_at)
             ):
                 closed_at = now if count >= expected else moved_at
-                last = await self._read_cpu(pid)
+                used = (await self._read_cpu(pid)).used_since(first)
                 return DrainResult(
                     min(count, expected),
                     before_window,
                     closed_at - (opened_at or closed_at),
-                    None if first is None else _delta(first.worker, last.worker),
-                    None if first is None else _delta(first.redis, last.redis),
+                    used.worker,
+                    used.redis,
                     startup_seconds=(opened_at or now) - began,
                     undelivered=max(0, expected - count),
-                    machine_busy_cores=None if first is None else last.busy_cores_since(first),
+                    machine_busy_cores=used.busy_cores,
                 )
             if now > deadline or (count > 0 and now - moved_at > STALL_SECONDS):
                 raise await self._stalled(target, count, expected)

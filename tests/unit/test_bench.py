@@ -20,6 +20,7 @@ from shoppulse.bench import (
     QUICK,
     REPORT_KEYS,
     BenchPlan,
+    CpuReading,
     DrainResult,
     LoadSpec,
     UserEvent,
@@ -312,6 +313,16 @@ def test_busy_cores_are_the_busy_share_of_the_ticks_times_the_cpus() -> None:
     assert busy_cores((100, 1000), (100, 1000), 2) is None  # no time passed
     assert busy_cores(None, (250, 1200), 2) is None
     assert busy_cores((100, 1000), (250, 1200), None) is None
+
+
+def test_cpu_used_between_readings_is_each_process_s_difference() -> None:
+    before = CpuReading(worker=2.0, redis=1.0, bench=0.5, broker=None, machine=None)
+    after = CpuReading(worker=5.0, redis=1.25, bench=0.75, broker=3.0, machine=None)
+    used = after.used_since(before)
+    assert (used.worker, used.redis, used.bench) == (3.0, 0.25, 0.25)
+    assert used.broker is None and used.busy_cores is None  # not read at both ends
+    nothing = after.used_since(None)  # a window that never opened
+    assert (nothing.worker, nothing.redis, nothing.bench, nothing.busy_cores) == (None,) * 4
 
 
 @pytest.mark.skipif(not Path("/proc/stat").exists(), reason="needs Linux /proc")
